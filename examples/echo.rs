@@ -1,0 +1,29 @@
+//! Streams each request body back as the response body, at the pace of both sides:
+//! an upload of any size never sits whole in memory.
+//!
+//! ```text
+//! cargo run --release --example echo
+//! curl --cacert certs/ca.crt --data-binary @some-file https://localhost:8443/
+//! ```
+//!
+//! Takes the same flags as `hello`.
+
+mod support;
+
+use portcullis::{Body, Response};
+
+fn main() -> std::io::Result<()> {
+    support::init_logging();
+    let args = support::Args::parse();
+    let server = args.start(|req, _info| {
+        let mut response = Response::new(Body::empty());
+        if let Some(kind) = req.headers().get(portcullis::http::header::CONTENT_TYPE) {
+            response
+                .headers_mut()
+                .insert(portcullis::http::header::CONTENT_TYPE, kind.clone());
+        }
+        *response.body_mut() = req.into_body();
+        response
+    })?;
+    server.join()
+}

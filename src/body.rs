@@ -1,0 +1,444 @@
+//! Request and response bodies, seen from the handler as plain `std::io`.
+//!
+//! A request body arrives on the reactor (hyper polls it there) and is read on a worker;
+//! a streamed response body is produced on a worker and sent on the reactor. Both cross
+//! over a [`Pipe`]: a small bounded queue of chunks with one blocking side and one
+//! asynchronous side, so backpressure reaches the socket in both directions and a body of
+//! any size never has to sit whole in memory.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, Read};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, Bytes};
+
+/// Size of the chunks read from a response [`Read`] source.
+pub(crate) const STREAM_CHUNK: usize = 16 * 1024;
+
+/// How a pipe's producer ended.
+#[derive(Clone, Debug)]
+enum End {
+    Complete,
+    Failed(io::ErrorKind, Arc<str>),
+}
+
+struct PipeState {
+    chunks: VecDeque<Bytes>,
+    buffered: usize,
+    end: Option<End>,
+    consumer_gone: bool,
+    /// Waker of the asynchronous side (the producer for request bodies, the consumer for
+    /// response bodies).
+    waker: Option<Waker>,
+}
+
+/// A bounded queue of body chunks between the reactor and a worker.
+pub(crate) struct Pipe {
+    state: Mutex<PipeState>,
+    changed: Condvar,
+    capacity: usize,
+}
+
+impl Pipe {
+    /// A pipe that accepts new chunks while fewer than `capacity` bytes are queued.
+    pub(crate) fn new(capacity: usize) -> Arc<Pipe> {
+        Arc::new(Pipe {
+            state: Mutex::new(PipeState {
+                chunks: VecDeque::new(),
+                buffered: 0,
+                end: None,
+                consumer_gone: false,
+                waker: None,
+            }),
+            changed: Condvar::new(),
+            capacity,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PipeState> {
+        // No code panics while holding this lock.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_async_side(mut state: MutexGuard<'_, PipeState>) {
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Asynchronous producer: ready when there is room; `false` when the consumer left.
+    pub(crate) fn poll_room(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut state = self.lock();
+        if state.consumer_gone {
+            return Poll::Ready(false);
+        }
+        if state.buffered < self.capacity {
+            return Poll::Ready(true);
+        }
+        state.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Asynchronous producer: queues a chunk (after `poll_room` said there is room).
+    pub(crate) fn push(&self, chunk: Bytes) {
+        let mut state = self.lock();
+        if state.consumer_gone || chunk.is_empty() {
+            return;
+        }
+        state.buffered += chunk.len();
+        state.chunks.push_back(chunk);
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// Blocking producer: waits for room, then queues the chunk. Fails when the consumer
+    /// (the connection) is gone.
+    pub(crate) fn push_blocking(&self, chunk: Bytes) -> io::Result<()> {
+        let mut state = self.lock();
+        while state.buffered >= self.capacity && !state.consumer_gone {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        if state.consumer_gone {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the client connection is gone",
+            ));
+        }
+        state.buffered += chunk.len();
+        state.chunks.push_back(chunk);
+        Self::wake_async_side(state);
+        Ok(())
+    }
+
+    /// Either producer: no more chunks will come. The first call wins.
+    pub(crate) fn finish(&self, result: io::Result<()>) {
+        let mut state = self.lock();
+        if state.end.is_none() {
+            state.end = Some(match result {
+                Ok(()) => End::Complete,
+                Err(e) => End::Failed(e.kind(), e.to_string().into()),
+            });
+        }
+        self.changed.notify_all();
+        Self::wake_async_side(state);
+    }
+
+    /// Blocking consumer: the next chunk, `None` at a complete end, an error at a failed
+    /// one (a truncated body is never reported as a clean end).
+    pub(crate) fn pop_blocking(&self) -> io::Result<Option<Bytes>> {
+        let mut state = self.lock();
+        loop {
+            if let Some(chunk) = state.chunks.pop_front() {
+                state.buffered -= chunk.len();
+                Self::wake_async_side(state);
+                return Ok(Some(chunk));
+            }
+            match &state.end {
+                Some(End::Complete) => return Ok(None),
+                Some(End::Failed(kind, message)) => {
+                    return Err(io::Error::new(*kind, message.to_string()))
+                }
+                None => state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+
+    /// Asynchronous consumer: the next chunk, or the end.
+    pub(crate) fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let mut state = self.lock();
+        if let Some(chunk) = state.chunks.pop_front() {
+            state.buffered -= chunk.len();
+            drop(state);
+            self.changed.notify_all();
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        match &state.end {
+            Some(End::Complete) => Poll::Ready(None),
+            Some(End::Failed(kind, message)) => {
+                Poll::Ready(Some(Err(io::Error::new(*kind, message.to_string()))))
+            }
+            None => {
+                state.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The consumer is gone: drop what is queued and release a blocked producer.
+    pub(crate) fn close_consumer(&self) {
+        let mut state = self.lock();
+        state.consumer_gone = true;
+        state.chunks.clear();
+        state.buffered = 0;
+        self.changed.notify_all();
+        Self::wake_async_side(state);
+    }
+}
+
+/// The reading end of a request body pipe; leaving it tells the reactor to stop reading.
+pub(crate) struct PipeReader {
+    pipe: Arc<Pipe>,
+    current: Bytes,
+}
+
+impl PipeReader {
+    pub(crate) fn new(pipe: Arc<Pipe>) -> PipeReader {
+        PipeReader {
+            pipe,
+            current: Bytes::new(),
+        }
+    }
+
+    fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        if !self.current.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.current)));
+        }
+        self.pipe.pop_blocking()
+    }
+}
+
+impl Drop for PipeReader {
+    fn drop(&mut self) {
+        self.pipe.close_consumer();
+    }
+}
+
+enum Kind {
+    Empty,
+    Bytes(Bytes),
+    Reader(Box<dyn Read + Send + 'static>),
+    Incoming(PipeReader),
+}
+
+/// An HTTP body: what a handler reads from a request and gives back in a response.
+///
+/// A request body is a blocking [`Read`] that streams from the connection as the handler
+/// reads it (a handler that never reads it costs nothing); [`Body::chunks`] gives the same
+/// data chunk by chunk. A response body is built from bytes ([`From`]), from any
+/// [`Read`] ([`Body::from_reader`], streamed with backpressure), or empty.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::Read;
+/// use portcullis::Body;
+///
+/// let mut body = Body::from("hello");
+/// let mut text = String::new();
+/// body.read_to_string(&mut text)?;
+/// assert_eq!(text, "hello");
+///
+/// let streamed = Body::from_reader(std::io::repeat(b'x').take(1 << 20));
+/// assert_eq!(streamed.exact_len(), None);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Body {
+    kind: Kind,
+}
+
+impl Body {
+    /// A body with no bytes.
+    pub fn empty() -> Body {
+        Body { kind: Kind::Empty }
+    }
+
+    /// A body streamed from `reader` on the worker thread, in chunks of 16 KiB, at the pace
+    /// the client accepts them. Without a `Content-Length` header in the response it goes
+    /// out chunked (HTTP/1.1) or as DATA frames until the end (HTTP/2).
+    pub fn from_reader<R: Read + Send + 'static>(reader: R) -> Body {
+        Body {
+            kind: Kind::Reader(Box::new(reader)),
+        }
+    }
+
+    pub(crate) fn incoming(pipe: Arc<Pipe>) -> Body {
+        Body {
+            kind: Kind::Incoming(PipeReader::new(pipe)),
+        }
+    }
+
+    /// The length, when the whole body is already in memory.
+    pub fn exact_len(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::Empty => Some(0),
+            Kind::Bytes(bytes) => Some(bytes.len() as u64),
+            Kind::Reader(_) | Kind::Incoming(_) => None,
+        }
+    }
+
+    /// The body chunk by chunk, as the connection delivers it (request bodies) or in
+    /// 16 KiB reads (reader bodies).
+    ///
+    /// ```
+    /// let mut body = portcullis::Body::from("abc");
+    /// let chunks: Vec<_> = body.chunks().collect::<std::io::Result<_>>()?;
+    /// assert_eq!(chunks, vec![bytes::Bytes::from("abc")]);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn chunks(&mut self) -> Chunks<'_> {
+        Chunks { body: self }
+    }
+
+    pub(crate) fn into_stream_source(self) -> StreamSource {
+        match self.kind {
+            Kind::Empty => StreamSource::Full(Bytes::new()),
+            Kind::Bytes(bytes) => StreamSource::Full(bytes),
+            Kind::Reader(_) | Kind::Incoming(_) => StreamSource::Stream(self),
+        }
+    }
+
+    fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        match &mut self.kind {
+            Kind::Empty => Ok(None),
+            Kind::Bytes(bytes) if bytes.is_empty() => Ok(None),
+            Kind::Bytes(bytes) => Ok(Some(std::mem::take(bytes))),
+            Kind::Incoming(reader) => reader.next_chunk(),
+            Kind::Reader(reader) => {
+                let mut buf = vec![0; STREAM_CHUNK];
+                loop {
+                    match reader.read(&mut buf) {
+                        Ok(0) => return Ok(None),
+                        Ok(n) => {
+                            buf.truncate(n);
+                            return Ok(Some(Bytes::from(buf)));
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the response side does with a body.
+pub(crate) enum StreamSource {
+    /// Already in memory: sent from the reactor, the worker is free at once.
+    Full(Bytes),
+    /// Must be read on the worker, chunk by chunk.
+    Stream(Body),
+}
+
+impl StreamSource {
+    /// Reads the streamed body on the current (worker) thread into `pipe` until the end,
+    /// an error, or the client leaving.
+    pub(crate) fn pump_into(mut body: Body, pipe: &Pipe) -> io::Result<u64> {
+        let mut sent = 0u64;
+        loop {
+            match body.next_chunk() {
+                Ok(Some(chunk)) => {
+                    sent += chunk.len() as u64;
+                    pipe.push_blocking(chunk)?;
+                }
+                Ok(None) => {
+                    pipe.finish(Ok(()));
+                    return Ok(sent);
+                }
+                Err(e) => {
+                    let copy = io::Error::new(e.kind(), e.to_string());
+                    pipe.finish(Err(e));
+                    return Err(copy);
+                }
+            }
+        }
+    }
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.kind {
+            Kind::Empty => Ok(0),
+            Kind::Bytes(bytes) => {
+                let n = bytes.len().min(buf.len());
+                buf[..n].copy_from_slice(&bytes[..n]);
+                bytes.advance(n);
+                Ok(n)
+            }
+            Kind::Reader(reader) => reader.read(buf),
+            Kind::Incoming(reader) => {
+                while reader.current.is_empty() {
+                    match reader.pipe.pop_blocking()? {
+                        Some(chunk) => reader.current = chunk,
+                        None => return Ok(0),
+                    }
+                }
+                let n = reader.current.len().min(buf.len());
+                buf[..n].copy_from_slice(&reader.current[..n]);
+                reader.current.advance(n);
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// Iterator over a body's chunks, from [`Body::chunks`].
+pub struct Chunks<'a> {
+    body: &'a mut Body,
+}
+
+impl Iterator for Chunks<'_> {
+    type Item = io::Result<Bytes>;
+
+    fn next(&mut self) -> Option<io::Result<Bytes>> {
+        self.body.next_chunk().transpose()
+    }
+}
+
+impl Default for Body {
+    fn default() -> Body {
+        Body::empty()
+    }
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Empty => f.write_str("Body::Empty"),
+            Kind::Bytes(bytes) => write!(f, "Body::Bytes({} bytes)", bytes.len()),
+            Kind::Reader(_) => f.write_str("Body::Reader"),
+            Kind::Incoming(_) => f.write_str("Body::Incoming"),
+        }
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Body {
+        Body {
+            kind: Kind::Bytes(bytes),
+        }
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Body {
+        Body::from(Bytes::from(bytes))
+    }
+}
+
+impl From<String> for Body {
+    fn from(text: String) -> Body {
+        Body::from(Bytes::from(text))
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(text: &'static str) -> Body {
+        Body::from(Bytes::from_static(text.as_bytes()))
+    }
+}
+
+impl From<&'static [u8]> for Body {
+    fn from(bytes: &'static [u8]) -> Body {
+        Body::from(Bytes::from_static(bytes))
+    }
+}
+
+impl From<()> for Body {
+    fn from((): ()) -> Body {
+        Body::empty()
+    }
+}

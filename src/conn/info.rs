@@ -1,0 +1,127 @@
+//! What a handler may know about the connection its request came on.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The HTTP version a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// HTTP/1.1 (or 1.0).
+    Http1,
+    /// HTTP/2, negotiated by ALPN `h2` or by prior knowledge on a plain listener (h2c).
+    Http2,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2",
+        })
+    }
+}
+
+/// The TLS version a connection negotiated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+#[derive(Debug)]
+struct Inner {
+    peer_addr: SocketAddr,
+    local_addr: SocketAddr,
+    protocol: Protocol,
+    tls_version: Option<TlsVersion>,
+    server_name: Option<Box<str>>,
+    alpn: Option<Box<[u8]>>,
+}
+
+/// Facts about the connection a request arrived on, handed to every handler call.
+/// Cloning is cheap (one reference count).
+///
+/// ```no_run
+/// use portcullis::{Body, ConnectionInfo, Request, Response};
+///
+/// fn handler(_req: Request, info: ConnectionInfo) -> Response {
+///     Response::new(Body::from(format!(
+///         "{} over {} (TLS {:?}, SNI {:?})\n",
+///         info.peer_addr(),
+///         info.protocol(),
+///         info.tls_version(),
+///         info.server_name(),
+///     )))
+/// }
+/// ```
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    inner: Arc<Inner>,
+}
+
+impl ConnectionInfo {
+    pub(crate) fn new(
+        peer_addr: SocketAddr,
+        local_addr: SocketAddr,
+        protocol: Protocol,
+        tls: Option<&rustls::ServerConnection>,
+    ) -> ConnectionInfo {
+        let tls_version = tls
+            .and_then(|tls| tls.protocol_version())
+            .and_then(|version| match version {
+                rustls::ProtocolVersion::TLSv1_3 => Some(TlsVersion::Tls13),
+                rustls::ProtocolVersion::TLSv1_2 => Some(TlsVersion::Tls12),
+                _ => None,
+            });
+        ConnectionInfo {
+            inner: Arc::new(Inner {
+                peer_addr,
+                local_addr,
+                protocol,
+                tls_version,
+                server_name: tls.and_then(|tls| tls.server_name()).map(Into::into),
+                alpn: tls.and_then(|tls| tls.alpn_protocol()).map(Into::into),
+            }),
+        }
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.inner.peer_addr
+    }
+
+    /// The server's address this connection was accepted on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// HTTP/1.1 or HTTP/2.
+    pub fn protocol(&self) -> Protocol {
+        self.inner.protocol
+    }
+
+    /// Whether the connection is TLS.
+    pub fn is_tls(&self) -> bool {
+        self.inner.tls_version.is_some()
+    }
+
+    /// The negotiated TLS version, `None` on a plain connection.
+    pub fn tls_version(&self) -> Option<TlsVersion> {
+        self.inner.tls_version
+    }
+
+    /// The server name the client asked for (SNI), if it sent one.
+    pub fn server_name(&self) -> Option<&str> {
+        self.inner.server_name.as_deref()
+    }
+
+    /// The ALPN protocol identifier negotiated (`b"h2"`, `b"http/1.1"`), if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.inner.alpn.as_deref()
+    }
+}

@@ -1,0 +1,202 @@
+//! One connection's life: accepted socket → TLS handshake (ALPN) → hyper HTTP/1 or
+//! HTTP/2 → requests dispatched to workers → graceful end.
+//!
+//! The whole life is one task on the reactor ([`serve`]); hyper's HTTP/2 streams and
+//! request-body pumps are further tasks beside it. No worker thread is involved until a
+//! request exists, and none is held while the connection waits for the next one.
+
+mod info;
+pub(crate) mod transport;
+
+pub use info::{ConnectionInfo, Protocol, TlsVersion};
+
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper::server::conn::{http1, http2};
+use mio::net::TcpStream;
+use tracing::Instrument;
+
+use crate::reactor::task::{BoxFuture, Spawner};
+use crate::reactor::timer::{with_deadline, ReactorTimer};
+use crate::reactor::ReactorHandle;
+use crate::server::Protocols;
+use crate::service::{Dispatch, Service};
+use crate::worker::WorkerPool;
+use crate::Limits;
+use transport::Transport;
+
+/// Everything a connection needs from its server; shared by all connections.
+pub(crate) struct ServerContext {
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) protocols: Protocols,
+    pub(crate) limits: Limits,
+    pub(crate) service: Arc<dyn Service>,
+    pub(crate) pool: WorkerPool,
+    pub(crate) reactor: Arc<ReactorHandle>,
+    http1: http1::Builder,
+    http2: http2::Builder<Spawner>,
+}
+
+impl ServerContext {
+    pub(crate) fn new(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        protocols: Protocols,
+        limits: Limits,
+        service: Arc<dyn Service>,
+        pool: WorkerPool,
+        reactor: Arc<ReactorHandle>,
+    ) -> ServerContext {
+        let timer = ReactorTimer::new(reactor.timers.clone());
+        let mut h1 = http1::Builder::new();
+        h1.timer(timer.clone())
+            .header_read_timeout(limits.request_header_timeout)
+            .max_headers(limits.max_request_headers)
+            .max_buf_size(limits.max_request_header_bytes.max(8192))
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(Spawner {
+            run_queue: reactor.run_queue.clone(),
+        });
+        h2.timer(timer)
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(limits.max_request_header_bytes as u32);
+        ServerContext {
+            tls,
+            protocols,
+            limits,
+            service,
+            pool,
+            reactor,
+            http1: h1,
+            http2: h2,
+        }
+    }
+
+    fn timer(&self) -> ReactorTimer {
+        ReactorTimer::new(self.reactor.timers.clone())
+    }
+}
+
+/// The task for one accepted connection.
+pub(crate) fn serve(
+    ctx: Arc<ServerContext>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> BoxFuture {
+    let span = tracing::info_span!("conn", %peer, protocol = tracing::field::Empty);
+    Box::pin(run(ctx, socket, peer, local).instrument(span))
+}
+
+async fn run(ctx: Arc<ServerContext>, socket: TcpStream, peer: SocketAddr, local: SocketAddr) {
+    let tls = match &ctx.tls {
+        Some(config) => match rustls::ServerConnection::new(config.clone()) {
+            Ok(tls) => Some(tls),
+            Err(error) => {
+                tracing::error!(%error, "cannot start a TLS session");
+                return;
+            }
+        },
+        None => None,
+    };
+    let mut transport = Transport::new(socket, tls);
+    let Some(protocol) = open(&ctx, &mut transport).await else {
+        return;
+    };
+    tracing::Span::current().record("protocol", tracing::field::display(protocol));
+    let info = ConnectionInfo::new(peer, local, protocol, transport.tls());
+    let dispatch = Dispatch::new(ctx.clone(), info);
+    let result = match protocol {
+        Protocol::Http1 => drive(&ctx, ctx.http1.serve_connection(transport, dispatch)).await,
+        Protocol::Http2 => drive(&ctx, ctx.http2.serve_connection(transport, dispatch)).await,
+    };
+    match result {
+        Ok(()) => tracing::debug!("connection closed"),
+        Err(error) => tracing::info!(%error, "connection ended with an error"),
+    }
+}
+
+/// Handshake (TLS) or preface sniffing (plain) under the handshake deadline. Returns the
+/// protocol to speak, or `None` when the connection should just close.
+async fn open(ctx: &ServerContext, transport: &mut Transport) -> Option<Protocol> {
+    let is_tls = ctx.tls.is_some();
+    let deadline = ctx.timer().deadline_in(ctx.limits.handshake_timeout);
+    let reactor = &ctx.reactor;
+    let opening = poll_fn(|cx| {
+        if reactor.is_shutting_down() {
+            return Poll::Ready(Err(std::io::Error::other("server is shutting down")));
+        }
+        if is_tls {
+            return transport.poll_handshake(cx).map_ok(|()| None);
+        }
+        match ctx.protocols {
+            Protocols::Http1Only => Poll::Ready(Ok(Some(Protocol::Http1))),
+            Protocols::Http2Only => Poll::Ready(Ok(Some(Protocol::Http2))),
+            Protocols::Http1AndHttp2 => transport.poll_sniff_h2_preface(cx).map_ok(|h2| {
+                Some(if h2 {
+                    Protocol::Http2
+                } else {
+                    Protocol::Http1
+                })
+            }),
+        }
+    });
+    let plain_protocol = match with_deadline(deadline, opening).await {
+        None => {
+            tracing::info!(
+                timeout_ms = ctx.limits.handshake_timeout.as_millis() as u64,
+                "closing connection: handshake timed out"
+            );
+            return None;
+        }
+        Some(Err(error)) => {
+            tracing::info!(%error, "closing connection: handshake failed");
+            return None;
+        }
+        Some(Ok(protocol)) => protocol,
+    };
+    if let Some(protocol) = plain_protocol {
+        return Some(protocol);
+    }
+    let alpn = transport.tls().and_then(|tls| tls.alpn_protocol());
+    Some(match (alpn, ctx.protocols) {
+        (Some(b"h2"), _) | (None, Protocols::Http2Only) => Protocol::Http2,
+        _ => Protocol::Http1,
+    })
+}
+
+/// hyper's two connection types, both able to shut down gracefully.
+trait GracefulShutdown: Future<Output = hyper::Result<()>> {
+    fn begin_graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl GracefulShutdown for http1::Connection<Transport, Dispatch> {
+    fn begin_graceful_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl GracefulShutdown for http2::Connection<Transport, Dispatch, Spawner> {
+    fn begin_graceful_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Polls a hyper connection to its end; when the server begins to shut down, asks it to
+/// finish gracefully (GOAWAY for HTTP/2, `Connection: close` after the in-flight response
+/// for HTTP/1, an idle keep-alive connection closes at once).
+async fn drive<C: GracefulShutdown>(ctx: &ServerContext, connection: C) -> hyper::Result<()> {
+    let mut connection = pin!(connection);
+    let mut graceful = false;
+    poll_fn(|cx: &mut Context<'_>| {
+        if !graceful && ctx.reactor.is_shutting_down() {
+            graceful = true;
+            connection.as_mut().begin_graceful_shutdown();
+        }
+        connection.as_mut().poll(cx)
+    })
+    .await
+}

@@ -1,0 +1,261 @@
+//! The accepted socket as hyper sees it: plain TCP or rustls over TCP, non-blocking,
+//! implementing `hyper::rt::Read` and `hyper::rt::Write`.
+//!
+//! Every poll retries the system call and returns `Pending` only right after the socket
+//! answered `WouldBlock`; the reactor wakes the connection's task on the next readiness
+//! edge. So no edge can be missed, whatever happened between two polls. Decrypted bytes
+//! that rustls already holds are always handed out before the socket is read again, and
+//! everything rustls wants to send is written out until the socket would block.
+
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use hyper::rt::ReadBufCursor;
+use mio::net::TcpStream;
+use rustls::ServerConnection;
+
+/// The HTTP/2 connection preface a client with prior knowledge (h2c) starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One accepted connection's byte stream.
+pub(crate) struct Transport {
+    socket: TcpStream,
+    tls: Option<Box<ServerConnection>>,
+    /// Bytes already read while sniffing for the h2c preface, served before the socket.
+    sniffed: Bytes,
+    close_notify_sent: bool,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+impl Transport {
+    pub(crate) fn new(socket: TcpStream, tls: Option<ServerConnection>) -> Transport {
+        Transport {
+            socket,
+            tls: tls.map(Box::new),
+            sniffed: Bytes::new(),
+            close_notify_sent: false,
+        }
+    }
+
+    /// The rustls session, after the handshake.
+    pub(crate) fn tls(&self) -> Option<&ServerConnection> {
+        self.tls.as_deref()
+    }
+
+    /// Drives the TLS handshake to completion (a no-op for plain connections).
+    pub(crate) fn poll_handshake(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            while tls.wants_write() {
+                match tls.write_tls(&mut self.socket) {
+                    Ok(_) => {}
+                    Err(e) if would_block(&e) => return Poll::Pending,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            if !tls.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            match tls.read_tls(&mut self.socket) {
+                Ok(0) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "client closed the connection during the TLS handshake",
+                    )))
+                }
+                Ok(_) => {
+                    if let Err(error) = tls.process_new_packets() {
+                        send_alert(tls, &mut self.socket);
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, error)));
+                    }
+                }
+                Err(e) if would_block(&e) => return Poll::Pending,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// On a plain connection, reads until it can tell whether the client opened with the
+    /// HTTP/2 preface (h2c with prior knowledge). The bytes read are replayed to hyper.
+    pub(crate) fn poll_sniff_h2_preface(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut seen = Vec::from(std::mem::take(&mut self.sniffed));
+        let result = loop {
+            if seen.len() >= H2_PREFACE.len() {
+                break Poll::Ready(Ok(seen[..H2_PREFACE.len()] == *H2_PREFACE));
+            }
+            if seen[..] != H2_PREFACE[..seen.len()] {
+                break Poll::Ready(Ok(false));
+            }
+            let mut buf = [0; 24];
+            let want = H2_PREFACE.len() - seen.len();
+            match self.socket.read(&mut buf[..want]) {
+                Ok(0) => break Poll::Ready(Ok(false)),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e) if would_block(&e) => break Poll::Pending,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Poll::Ready(Err(e)),
+            }
+        };
+        self.sniffed = Bytes::from(seen);
+        result
+    }
+
+    /// Writes out what rustls holds until it is empty or the socket would block.
+    fn poll_flush_tls(&mut self) -> Poll<io::Result<()>> {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while tls.wants_write() {
+            match tls.write_tls(&mut self.socket) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(_) => {}
+                Err(e) if would_block(&e) => return Poll::Pending,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Best effort: after rustls rejected the peer's data it queues an alert; send it.
+fn send_alert(tls: &mut ServerConnection, socket: &mut TcpStream) {
+    while tls.wants_write() {
+        if tls.write_tls(socket).is_err() {
+            break;
+        }
+    }
+}
+
+impl hyper::rt::Read for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        mut buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if !this.sniffed.is_empty() {
+            let n = this.sniffed.len().min(buf.remaining());
+            buf.put_slice(&this.sniffed[..n]);
+            this.sniffed.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let Some(tls) = this.tls.as_deref_mut() else {
+            loop {
+                let result = this.socket.read(buf.initialize_unfilled());
+                return match result {
+                    Ok(n) => {
+                        // SAFETY: `initialize_unfilled` initialized the slice and `read`
+                        // filled its first `n` bytes.
+                        unsafe { buf.advance(n) };
+                        Poll::Ready(Ok(()))
+                    }
+                    Err(e) if would_block(&e) => Poll::Pending,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => Poll::Ready(Err(e)),
+                };
+            }
+        };
+        let mut peer_closed = false;
+        loop {
+            // Plaintext rustls already decrypted comes first: the socket may have nothing
+            // more to say and never become readable again.
+            let result = tls.reader().read(buf.initialize_unfilled());
+            match result {
+                Ok(n) => {
+                    // SAFETY: `initialize_unfilled` initialized the slice and `read` filled
+                    // its first `n` bytes. `n == 0` is a clean close_notify.
+                    unsafe { buf.advance(n) };
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if would_block(&e) => {}
+                // Includes UnexpectedEof: TCP closed without close_notify (truncation).
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            if peer_closed {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            match tls.read_tls(&mut this.socket) {
+                Ok(0) => peer_closed = true,
+                Ok(_) => {
+                    if let Err(error) = tls.process_new_packets() {
+                        send_alert(tls, &mut this.socket);
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, error)));
+                    }
+                }
+                Err(e) if would_block(&e) => {
+                    // Key updates and the like may be waiting to go out.
+                    let _ = this.poll_flush_tls();
+                    return Poll::Pending;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl hyper::rt::Write for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        loop {
+            let Some(tls) = this.tls.as_deref_mut() else {
+                return match this.socket.write(buf) {
+                    Ok(n) => Poll::Ready(Ok(n)),
+                    Err(e) if would_block(&e) => Poll::Pending,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => Poll::Ready(Err(e)),
+                };
+            };
+            // rustls takes plaintext until its outgoing buffer limit; then the socket must
+            // drain it first.
+            let n = tls.writer().write(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Poll::Ready(Ok(n));
+            }
+            match this.poll_flush_tls() {
+                Poll::Ready(Ok(())) => {}
+                other => return other.map_ok(|()| 0),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_flush_tls()
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(tls) = this.tls.as_deref_mut() {
+            if !this.close_notify_sent {
+                tls.send_close_notify();
+                this.close_notify_sent = true;
+            }
+            match this.poll_flush_tls() {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+        }
+        match this.socket.shutdown(std::net::Shutdown::Write) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}

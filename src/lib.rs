@@ -1,0 +1,45 @@
+//! portcullis serves plain blocking handler functions over HTTPS — HTTP/1.1 and HTTP/2,
+//! chosen per connection by ALPN — safe to put directly on a public port.
+//!
+//! ```no_run
+//! use portcullis::{Body, Response, Server, TlsConfig};
+//!
+//! fn main() -> std::io::Result<()> {
+//!     let tls = TlsConfig::from_pem_files("certs/localhost.crt", "certs/localhost.key")?;
+//!     Server::bind("127.0.0.1:8443")?
+//!         .tls(tls)
+//!         .serve(|_req, _info| {
+//!             // Any blocking code is fine here: std::fs, std::thread::sleep, a blocking
+//!             // database client.
+//!             Response::new(Body::from("Hello, World!\n"))
+//!         })
+//! }
+//! ```
+//!
+//! A mio reactor thread accepts connections, runs the rustls handshakes without blocking
+//! and drives hyper's HTTP/1 and HTTP/2 state machines; each request is handed to a pool
+//! of worker threads, and its body streams between the two through bounded pipes. An idle
+//! or slow connection costs memory, never a thread. See the README for the path of a
+//! connection and [`Limits`] for every timeout and limit.
+
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms)]
+
+mod body;
+mod conn;
+mod limits;
+mod reactor;
+mod server;
+mod service;
+mod tls;
+mod worker;
+
+pub use body::{Body, Chunks};
+pub use bytes::Bytes;
+pub use conn::{ConnectionInfo, Protocol, TlsVersion};
+pub use http;
+pub use limits::Limits;
+pub use server::{Protocols, Server, ServerHandle};
+pub use service::{Request, Response, Service};
+pub use tls::{TlsConfig, TlsError};
+pub use worker::PoolStats;

@@ -1,0 +1,196 @@
+//! Deadlines kept by the reactor: the poll timeout is always the next deadline.
+//!
+//! [`ReactorTimer`] implements [`hyper::rt::Timer`], which switches on hyper's own HTTP/1
+//! header-read timeout and HTTP/2 keep-alive pings, and [`Deadline`] is the future that
+//! portcullis' own timeouts (handshake, drain, ...) are built from.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use super::task::RunQueue;
+
+/// Key of one registered deadline: when it fires, and a sequence number that keeps equal
+/// instants apart.
+type TimerKey = (Instant, u64);
+
+/// All pending deadlines of one reactor, ordered by expiry.
+pub(crate) struct TimerQueue {
+    state: Mutex<TimerState>,
+    run_queue: Arc<RunQueue>,
+}
+
+struct TimerState {
+    pending: BTreeMap<TimerKey, Waker>,
+    next_seq: u64,
+}
+
+impl TimerQueue {
+    pub(crate) fn new(run_queue: Arc<RunQueue>) -> Arc<TimerQueue> {
+        Arc::new(TimerQueue {
+            state: Mutex::new(TimerState {
+                pending: BTreeMap::new(),
+                next_seq: 0,
+            }),
+            run_queue,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TimerState> {
+        // A panic while holding this lock cannot leave the map inconsistent, so a
+        // poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long the reactor may sleep before the next deadline, rounded up to whole
+    /// milliseconds so that it never wakes a hair too early and spins.
+    pub(crate) fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        let state = self.lock();
+        let (&(deadline, _), _) = state.pending.first_key_value()?;
+        let left = deadline.saturating_duration_since(now);
+        let millis = left.as_micros().div_ceil(1000);
+        Some(Duration::from_millis(millis as u64))
+    }
+
+    /// Wakes every deadline at or before `now`.
+    pub(crate) fn fire_expired(&self, now: Instant) {
+        let expired = {
+            let mut state = self.lock();
+            let later = state.pending.split_off(&(now, u64::MAX));
+            std::mem::replace(&mut state.pending, later)
+        };
+        for (_, waker) in expired {
+            waker.wake();
+        }
+    }
+
+    fn register(&self, key: Option<TimerKey>, deadline: Instant, waker: &Waker) -> TimerKey {
+        let mut state = self.lock();
+        if let Some(key) = key {
+            if let Some(registered) = state.pending.get_mut(&key) {
+                if !registered.will_wake(waker) {
+                    registered.clone_from(waker);
+                }
+                return key;
+            }
+        }
+        let key = (deadline, state.next_seq);
+        state.next_seq += 1;
+        let earliest = state
+            .pending
+            .first_key_value()
+            .is_none_or(|(first, _)| key < *first);
+        state.pending.insert(key, waker.clone());
+        drop(state);
+        if earliest {
+            // The reactor may be asleep with a longer timeout.
+            self.run_queue.notify();
+        }
+        key
+    }
+
+    fn cancel(&self, key: TimerKey) {
+        self.lock().pending.remove(&key);
+    }
+}
+
+/// A future that completes at a fixed instant, woken by the reactor.
+pub(crate) struct Deadline {
+    at: Instant,
+    key: Option<TimerKey>,
+    queue: Arc<TimerQueue>,
+}
+
+impl Deadline {
+    pub(crate) fn new(queue: &Arc<TimerQueue>, at: Instant) -> Deadline {
+        Deadline {
+            at,
+            key: None,
+            queue: queue.clone(),
+        }
+    }
+
+    /// Moves the deadline; the next poll registers the new instant.
+    pub(crate) fn reset(&mut self, at: Instant) {
+        if let Some(key) = self.key.take() {
+            self.queue.cancel(key);
+        }
+        self.at = at;
+    }
+}
+
+impl Future for Deadline {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if Instant::now() >= this.at {
+            if let Some(key) = this.key.take() {
+                this.queue.cancel(key);
+            }
+            return Poll::Ready(());
+        }
+        this.key = Some(this.queue.register(this.key, this.at, cx.waker()));
+        Poll::Pending
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.queue.cancel(key);
+        }
+    }
+}
+
+impl hyper::rt::Sleep for Deadline {}
+
+/// hyper's view of the reactor's deadlines.
+#[derive(Clone)]
+pub(crate) struct ReactorTimer {
+    queue: Arc<TimerQueue>,
+}
+
+impl ReactorTimer {
+    pub(crate) fn new(queue: Arc<TimerQueue>) -> ReactorTimer {
+        ReactorTimer { queue }
+    }
+
+    /// A deadline `after` from now.
+    pub(crate) fn deadline_in(&self, after: Duration) -> Deadline {
+        Deadline::new(&self.queue, Instant::now() + after)
+    }
+}
+
+impl hyper::rt::Timer for ReactorTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(self.deadline_in(duration))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(Deadline::new(&self.queue, deadline))
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
+        match sleep.as_mut().downcast_mut_pin::<Deadline>() {
+            Some(deadline) => deadline.get_mut().reset(new_deadline),
+            None => *sleep = self.sleep_until(new_deadline),
+        }
+    }
+}
+
+/// Runs `future` until it completes or `deadline` passes, whichever is first.
+pub(crate) async fn with_deadline<F: Future>(deadline: Deadline, future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut deadline = std::pin::pin!(deadline);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        deadline.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}

@@ -1,0 +1,308 @@
+//! The server builder: bind, TLS, protocols, limits, serve, and the shutdown handle.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use socket2::{Domain, Socket, Type};
+
+use crate::conn::{self, ServerContext};
+use crate::reactor::{Reactor, ReactorConfig, ReactorHandle};
+use crate::service::{Request, Response, Service};
+use crate::ConnectionInfo;
+use crate::worker::{PoolConfig, PoolStats, WorkerPool};
+use crate::{Limits, TlsConfig};
+
+/// Pending connections the kernel queues per listener before `accept` (nginx uses 511 on
+/// Linux; the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Which HTTP versions a server speaks.
+///
+/// With TLS this is the ALPN list offered: `h2` and `http/1.1`, or one of them (a client
+/// that offers ALPN but none of these fails the handshake with `no_application_protocol`;
+/// a client that offers no ALPN at all gets HTTP/1.1, or HTTP/2 under `Http2Only`). On a
+/// plain listener, `Http1AndHttp2` serves HTTP/1.1 and, to clients that open with the
+/// HTTP/2 preface, h2c with prior knowledge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocols {
+    /// HTTP/2 and HTTP/1.1, chosen per connection (the default).
+    #[default]
+    Http1AndHttp2,
+    /// HTTP/1.1 only.
+    Http1Only,
+    /// HTTP/2 only.
+    Http2Only,
+}
+
+impl Protocols {
+    pub(crate) fn alpn_ids(self) -> Vec<Vec<u8>> {
+        match self {
+            Protocols::Http1AndHttp2 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Protocols::Http1Only => vec![b"http/1.1".to_vec()],
+            Protocols::Http2Only => vec![b"h2".to_vec()],
+        }
+    }
+}
+
+/// An HTTP server that runs blocking handlers. Build it, then [`serve`](Server::serve)
+/// (blocks) or [`spawn`](Server::spawn) (returns a [`ServerHandle`]).
+///
+/// ```no_run
+/// use portcullis::{Body, Response, Server, TlsConfig};
+///
+/// fn main() -> std::io::Result<()> {
+///     let tls = TlsConfig::from_pem_files("certs/localhost.crt", "certs/localhost.key")?;
+///     Server::bind("127.0.0.1:8443")?
+///         .tls(tls)
+///         .serve(|_req, _info| Response::new(Body::from("Hello, World!\n")))
+/// }
+/// ```
+///
+/// Without [`tls`](Server::tls) the server speaks plain HTTP/1.1 and h2c.
+#[derive(Debug)]
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    tls: Option<TlsConfig>,
+    protocols: Protocols,
+    limits: Limits,
+}
+
+impl Server {
+    /// Binds every address `addrs` resolves to (so `"localhost:8443"` listens on both
+    /// `127.0.0.1` and `::1`). IPv6 sockets are IPv6-only, so `[::]` and `0.0.0.0` can be
+    /// bound side by side. Port 0 picks a free port; see [`Server::local_addrs`].
+    ///
+    /// ```
+    /// let server = portcullis::Server::bind("127.0.0.1:0")?.also_bind("[::1]:0");
+    /// # let _ = server;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn bind(addrs: impl ToSocketAddrs) -> io::Result<Server> {
+        Server::from_listeners(Vec::new()).also_bind(addrs)
+    }
+
+    /// Adds the listeners for every address `addrs` resolves to.
+    pub fn also_bind(mut self, addrs: impl ToSocketAddrs) -> io::Result<Server> {
+        let mut bound = 0;
+        for addr in addrs.to_socket_addrs()? {
+            self.listeners.push(bind_listener(addr)?);
+            bound += 1;
+        }
+        if bound == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the address resolved to nothing",
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Serves on listeners bound elsewhere (for example inherited from systemd).
+    ///
+    /// ```
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    /// let server = portcullis::Server::from_listeners(vec![listener]);
+    /// # let _ = server;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn from_listeners(listeners: Vec<TcpListener>) -> Server {
+        Server {
+            listeners,
+            tls: None,
+            protocols: Protocols::default(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Serves HTTPS with this certificate and key (plain HTTP without it).
+    pub fn tls(mut self, tls: TlsConfig) -> Server {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Which HTTP versions to speak; both by default.
+    pub fn protocols(mut self, protocols: Protocols) -> Server {
+        self.protocols = protocols;
+        self
+    }
+
+    /// Replaces every timeout and limit.
+    pub fn limits(mut self, limits: Limits) -> Server {
+        self.limits = limits;
+        self
+    }
+
+    /// Shorthand for setting [`Limits::max_workers`].
+    pub fn max_workers(mut self, max_workers: usize) -> Server {
+        self.limits.max_workers = max_workers.max(1);
+        self
+    }
+
+    /// The bound addresses (with the real port when port 0 was asked for).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|listener| listener.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves `handler` on the calling thread until the process ends. Use
+    /// [`spawn`](Server::spawn) to be able to shut down.
+    pub fn serve<F>(self, handler: F) -> io::Result<()>
+    where
+        F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
+    {
+        self.serve_service(handler)
+    }
+
+    /// Serves a [`Service`] on the calling thread until the process ends.
+    pub fn serve_service<S: Service>(self, service: S) -> io::Result<()> {
+        self.spawn_service(service)?.join()
+    }
+
+    /// Starts serving `handler` on a background reactor thread.
+    ///
+    /// ```
+    /// use portcullis::{Body, Response, Server};
+    ///
+    /// let handle = Server::bind("127.0.0.1:0")?
+    ///     .spawn(|_req, _info| Response::new(Body::from("hi")))?;
+    /// let addr = handle.local_addrs()[0];
+    /// # let _ = addr;
+    /// handle.shutdown()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn spawn<F>(self, handler: F) -> io::Result<ServerHandle>
+    where
+        F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
+    {
+        self.spawn_service(handler)
+    }
+
+    /// Starts serving a [`Service`] on a background reactor thread.
+    pub fn spawn_service<S: Service>(self, service: S) -> io::Result<ServerHandle> {
+        if self.listeners.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the server has no listener",
+            ));
+        }
+        let local_addrs = self.local_addrs();
+        let limits = self.limits;
+        let reactor = Reactor::new(
+            self.listeners,
+            ReactorConfig {
+                max_connections: limits.max_connections.max(1),
+                drain_timeout: limits.drain_timeout,
+            },
+        )?;
+        let pool = WorkerPool::new(PoolConfig {
+            max_workers: limits.max_workers.max(1),
+            max_queued: limits.max_queued_requests,
+            idle_timeout: limits.worker_idle_timeout,
+        });
+        let reactor_handle = reactor.handle().clone();
+        let ctx = Arc::new(ServerContext::new(
+            self.tls.map(|tls| tls.for_protocols(self.protocols)),
+            self.protocols,
+            limits,
+            Arc::new(service),
+            pool.clone(),
+            reactor_handle.clone(),
+        ));
+        let thread_pool = pool.clone();
+        let thread = std::thread::Builder::new()
+            .name("portcullis-reactor".into())
+            .spawn(move || {
+                let result = reactor.run(Box::new(move |socket, peer, local| {
+                    conn::serve(ctx.clone(), socket, peer, local)
+                }));
+                thread_pool.shutdown();
+                if let Err(error) = &result {
+                    tracing::error!(%error, "reactor failed");
+                }
+                result
+            })?;
+        for addr in &local_addrs {
+            tracing::info!(%addr, "listening");
+        }
+        Ok(ServerHandle {
+            reactor: reactor_handle,
+            pool,
+            local_addrs,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let bind = || -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        Ok(socket.into())
+    };
+    bind().map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+/// A running server. Dropping the handle begins a graceful shutdown without waiting.
+pub struct ServerHandle {
+    reactor: Arc<ReactorHandle>,
+    pool: WorkerPool,
+    local_addrs: Vec<SocketAddr>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl ServerHandle {
+    /// The addresses the server listens on.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Worker pool figures right now.
+    pub fn worker_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Stops accepting (new connections are refused), lets in-flight requests finish —
+    /// HTTP/2 connections get GOAWAY, HTTP/1 responses carry `Connection: close`, idle
+    /// connections close at once — and returns when every connection has ended or the
+    /// drain timeout ([`Limits::drain_timeout`]) has passed.
+    pub fn shutdown(self) -> io::Result<()> {
+        self.reactor.begin_shutdown();
+        self.join()
+    }
+
+    /// Waits for the server to stop (after a shutdown from elsewhere, or forever).
+    pub fn join(mut self) -> io::Result<()> {
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the reactor thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addrs", &self.local_addrs)
+            .field("workers", &self.pool.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.reactor.begin_shutdown();
+        }
+    }
+}

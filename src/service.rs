@@ -1,0 +1,463 @@
+//! The handler trait, and its glue to hyper: each request is handed to a worker thread
+//! and the connection awaits the response without blocking the reactor.
+//!
+//! Why not run the handler inside hyper's poll of the service future? hyper's HTTP/1
+//! dispatcher feeds the request body from the same task that polls that future, so a
+//! handler blocking there on its body waits for bytes only it could deliver (astra 0.4
+//! deadlocks this way on bodies of 64 KiB and more). Here the request body is pumped by
+//! its own reactor task into a bounded [`Pipe`] that the worker reads from.
+
+use std::any::Any;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode, Uri};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::body::{Body, Pipe, StreamSource};
+use crate::conn::{ConnectionInfo, Protocol, ServerContext};
+
+/// A request as a handler receives it: the `http` crate's type with a streaming [`Body`].
+pub type Request = http::Request<Body>;
+
+/// A response as a handler returns it.
+pub type Response = http::Response<Body>;
+
+/// Bytes queued between the connection and a worker, per body and direction.
+const PIPE_CAPACITY: usize = 64 * 1024;
+
+/// What serves requests. Any `Fn(Request, ConnectionInfo) -> Response + Send + Sync` is
+/// one; implement the trait yourself for a stateful service.
+///
+/// `call` runs on a worker thread and may block: read files, sleep, call blocking clients.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use portcullis::{Body, ConnectionInfo, Request, Response, Service};
+///
+/// struct Counter {
+///     hits: AtomicU64,
+/// }
+///
+/// impl Service for Counter {
+///     fn call(&self, _req: Request, _info: ConnectionInfo) -> Response {
+///         let n = self.hits.fetch_add(1, Ordering::Relaxed) + 1;
+///         Response::new(Body::from(format!("hit number {n}\n")))
+///     }
+/// }
+/// # let _ = Counter { hits: AtomicU64::new(0) };
+/// ```
+pub trait Service: Send + Sync + 'static {
+    /// Answers one request.
+    fn call(&self, request: Request, info: ConnectionInfo) -> Response;
+}
+
+impl<F> Service for F
+where
+    F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
+{
+    fn call(&self, request: Request, info: ConnectionInfo) -> Response {
+        self(request, info)
+    }
+}
+
+/// hyper's view of the user's service, one per connection.
+#[derive(Clone)]
+pub(crate) struct Dispatch {
+    ctx: Arc<ServerContext>,
+    info: ConnectionInfo,
+}
+
+impl Dispatch {
+    pub(crate) fn new(ctx: Arc<ServerContext>, info: ConnectionInfo) -> Dispatch {
+        Dispatch { ctx, info }
+    }
+}
+
+/// The handler panicked; hyper resets the HTTP/2 stream.
+#[derive(Debug)]
+pub(crate) struct HandlerPanicked;
+
+impl std::fmt::Display for HandlerPanicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the handler panicked")
+    }
+}
+
+impl std::error::Error for HandlerPanicked {}
+
+impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
+    type Response = http::Response<ResponseBody>;
+    type Error = HandlerPanicked;
+    type Future = ResponseFuture;
+
+    fn call(&self, request: http::Request<Incoming>) -> ResponseFuture {
+        let started = Instant::now();
+        let (parts, incoming) = request.into_parts();
+        let log = AccessLog {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            status: StatusCode::OK,
+            started,
+            sent: 0,
+        };
+        let body = if http_body::Body::is_end_stream(&incoming) {
+            Body::empty()
+        } else {
+            let pipe = Pipe::new(PIPE_CAPACITY);
+            self.ctx
+                .reactor
+                .run_queue
+                .spawn(Box::pin(pump_request_body(incoming, pipe.clone())));
+            Body::incoming(pipe)
+        };
+        let request = http::Request::from_parts(parts, body);
+        let slot = Arc::new(Slot::default());
+        let sender = SlotSender(slot.clone());
+        let service = self.ctx.service.clone();
+        let info = self.info.clone();
+        let job = Box::new(move || run_handler(&*service, request, info, sender, log));
+        let protocol = self.info.protocol();
+        if self.ctx.pool.try_execute(job).is_err() {
+            // The job was dropped unrun: its sender already recorded the refusal.
+            tracing::warn!("all workers busy and the queue is full; answering 503");
+        }
+        ResponseFuture { slot, protocol }
+    }
+}
+
+/// Runs on a worker: the handler, then (for streamed bodies) the body, to its end.
+fn run_handler(
+    service: &dyn Service,
+    request: Request,
+    info: ConnectionInfo,
+    sender: SlotSender,
+    mut log: AccessLog,
+) {
+    let span = tracing::info_span!("request", method = %log.method, path = log.uri.path());
+    let _entered = span.enter();
+    let response = match catch_unwind(AssertUnwindSafe(|| service.call(request, info))) {
+        Ok(response) => response,
+        Err(panic) => {
+            tracing::error!(panic = panic_message(&*panic), "handler panicked");
+            sender.send(Outcome::Panicked(log));
+            return;
+        }
+    };
+    let (parts, body) = response.into_parts();
+    log.status = parts.status;
+    match body.into_stream_source() {
+        StreamSource::Full(bytes) => {
+            let body = ResponseBody::full(bytes, log);
+            sender.send(Outcome::Response(http::Response::from_parts(parts, body)));
+        }
+        StreamSource::Stream(body) => {
+            let pipe = Pipe::new(PIPE_CAPACITY);
+            let response_body = ResponseBody::stream(pipe.clone(), log);
+            sender.send(Outcome::Response(http::Response::from_parts(
+                parts,
+                response_body,
+            )));
+            match catch_unwind(AssertUnwindSafe(|| StreamSource::pump_into(body, &pipe))) {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::info!(%error, "response body ended early");
+                }
+                Err(panic) => {
+                    tracing::error!(
+                        panic = panic_message(&*panic),
+                        "response body reader panicked"
+                    );
+                    pipe.finish(Err(io::Error::other("response body reader panicked")));
+                }
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(message) = panic.downcast_ref::<&'static str>() {
+        message
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message
+    } else {
+        "non-string panic payload"
+    }
+}
+
+/// Reactor task: moves a request body from hyper into the pipe the handler reads,
+/// as fast as the handler reads it.
+async fn pump_request_body(mut incoming: Incoming, pipe: Arc<Pipe>) {
+    let result = poll_fn(|cx| loop {
+        match pipe.poll_room(cx) {
+            Poll::Pending => return Poll::Pending,
+            // The handler dropped its body: stop reading.
+            Poll::Ready(false) => return Poll::Ready(Ok(())),
+            Poll::Ready(true) => {}
+        }
+        match Pin::new(&mut incoming).poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => return Poll::Ready(Ok(())),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    pipe.push(data);
+                }
+            }
+            Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(body_error(error))),
+        }
+    })
+    .await;
+    if let Err(error) = &result {
+        tracing::debug!(%error, "request body failed");
+    }
+    pipe.finish(result);
+}
+
+fn body_error(error: hyper::Error) -> io::Error {
+    let kind = if error.is_timeout() {
+        io::ErrorKind::TimedOut
+    } else if error.is_incomplete_message() {
+        io::ErrorKind::UnexpectedEof
+    } else {
+        io::ErrorKind::ConnectionAborted
+    };
+    io::Error::new(kind, error)
+}
+
+use http_body::Body as _;
+
+/// How a handler call ended.
+enum Outcome {
+    Response(http::Response<ResponseBody>),
+    Panicked(AccessLog),
+    /// The job was dropped before it ran: the pool was full or shutting down.
+    Refused,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Waiting,
+    WaitingWith(Waker),
+    Done(Outcome),
+    Taken,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The worker's end of the response slot. Dropped without sending, it records
+/// [`Outcome::Refused`], so a request is never left waiting forever.
+struct SlotSender(Arc<Slot>);
+
+impl SlotSender {
+    fn send(self, outcome: Outcome) {
+        self.put(outcome);
+        std::mem::forget(self);
+    }
+
+    fn put(&self, outcome: Outcome) {
+        let previous = std::mem::replace(&mut *self.0.lock(), SlotState::Done(outcome));
+        if let SlotState::WaitingWith(waker) = previous {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for SlotSender {
+    fn drop(&mut self) {
+        self.put(Outcome::Refused);
+    }
+}
+
+/// The connection's end: resolves when the worker has the response head.
+pub(crate) struct ResponseFuture {
+    slot: Arc<Slot>,
+    protocol: Protocol,
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<ResponseBody>, HandlerPanicked>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.slot.lock();
+        let outcome = match std::mem::replace(&mut *state, SlotState::Taken) {
+            SlotState::Done(outcome) => outcome,
+            SlotState::WaitingWith(waker) if waker.will_wake(cx.waker()) => {
+                *state = SlotState::WaitingWith(waker);
+                return Poll::Pending;
+            }
+            SlotState::Waiting | SlotState::WaitingWith(_) => {
+                *state = SlotState::WaitingWith(cx.waker().clone());
+                return Poll::Pending;
+            }
+            SlotState::Taken => return Poll::Pending,
+        };
+        drop(state);
+        match outcome {
+            Outcome::Response(response) => Poll::Ready(Ok(response)),
+            Outcome::Panicked(mut log) => match self.protocol {
+                Protocol::Http1 => {
+                    log.status = StatusCode::INTERNAL_SERVER_ERROR;
+                    Poll::Ready(Ok(plain_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "500 Internal Server Error\n",
+                        log,
+                    )))
+                }
+                Protocol::Http2 => {
+                    log.status = StatusCode::INTERNAL_SERVER_ERROR;
+                    log.finish("stream reset");
+                    Poll::Ready(Err(HandlerPanicked))
+                }
+            },
+            Outcome::Refused => {
+                let log = AccessLog {
+                    method: Method::GET,
+                    uri: Uri::default(),
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    started: Instant::now(),
+                    sent: 0,
+                };
+                let mut response = plain_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "503 Service Unavailable: the server is busy, retry shortly\n",
+                    log,
+                );
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                Poll::Ready(Ok(response))
+            }
+        }
+    }
+}
+
+fn plain_response(
+    status: StatusCode,
+    text: &'static str,
+    log: AccessLog,
+) -> http::Response<ResponseBody> {
+    let mut response =
+        http::Response::new(ResponseBody::full(Bytes::from_static(text.as_bytes()), log));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// One line of access log, written when the response body is done.
+struct AccessLog {
+    method: Method,
+    uri: Uri,
+    status: StatusCode,
+    started: Instant,
+    sent: u64,
+}
+
+impl AccessLog {
+    fn finish(&self, outcome: &str) {
+        tracing::info!(
+            target: "portcullis::access",
+            method = %self.method,
+            path = self.uri.path(),
+            status = self.status.as_u16(),
+            bytes = self.sent,
+            duration_us = self.started.elapsed().as_micros() as u64,
+            outcome,
+        );
+    }
+}
+
+enum ResponseKind {
+    Full(Option<Bytes>),
+    Stream(Arc<Pipe>),
+}
+
+/// The response body as hyper polls it, on the reactor.
+pub(crate) struct ResponseBody {
+    kind: ResponseKind,
+    log: AccessLog,
+    complete: bool,
+}
+
+impl ResponseBody {
+    fn full(bytes: Bytes, log: AccessLog) -> ResponseBody {
+        ResponseBody {
+            kind: ResponseKind::Full(Some(bytes).filter(|b| !b.is_empty())),
+            log,
+            complete: false,
+        }
+    }
+
+    fn stream(pipe: Arc<Pipe>, log: AccessLog) -> ResponseBody {
+        ResponseBody {
+            kind: ResponseKind::Stream(pipe),
+            log,
+            complete: false,
+        }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        let next = match &mut this.kind {
+            ResponseKind::Full(bytes) => Poll::Ready(bytes.take().map(Ok)),
+            ResponseKind::Stream(pipe) => pipe.poll_pop(cx),
+        };
+        match &next {
+            Poll::Ready(Some(Ok(chunk))) => this.log.sent += chunk.len() as u64,
+            Poll::Ready(None) => this.complete = true,
+            _ => {}
+        }
+        next.map(|chunk| chunk.map(|chunk| chunk.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.kind, ResponseKind::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            ResponseKind::Full(None) => SizeHint::with_exact(0),
+            ResponseKind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            ResponseKind::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let ResponseKind::Stream(pipe) = &self.kind {
+            // Releases a worker blocked on a client that went away.
+            pipe.close_consumer();
+        }
+        let complete = self.complete || matches!(self.kind, ResponseKind::Full(None));
+        self.log
+            .finish(if complete { "complete" } else { "incomplete" });
+    }
+}

@@ -1,0 +1,170 @@
+//! The blocking worker pool: handlers run here, on ordinary OS threads.
+//!
+//! The pool starts empty, grows by one thread whenever a job arrives and no worker is
+//! idle (up to `max_workers`), queues jobs beyond that up to `max_queued`, and refuses the
+//! rest so that the caller can shed load with a 503 at once. A worker that has been idle
+//! for `idle_timeout` exits. Jobs never unwind into the pool: the service glue catches
+//! handler panics, so the pool stays at strength.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// A unit of blocking work.
+pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Sizing of the pool.
+#[derive(Clone, Debug)]
+pub(crate) struct PoolConfig {
+    pub(crate) max_workers: usize,
+    pub(crate) max_queued: usize,
+    pub(crate) idle_timeout: Duration,
+}
+
+/// A handle to the pool; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct WorkerPool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    state: Mutex<PoolState>,
+    work_available: Condvar,
+    config: PoolConfig,
+}
+
+#[derive(Default)]
+struct PoolState {
+    queue: VecDeque<Job>,
+    /// Threads alive.
+    threads: usize,
+    /// Threads waiting for a job.
+    idle: usize,
+    /// Threads running a job.
+    busy: usize,
+    shutdown: bool,
+}
+
+/// Every worker is busy and the queue is full: shed the request.
+#[derive(Debug)]
+pub(crate) struct PoolFull;
+
+/// What the pool looks like right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Worker threads alive.
+    pub threads: usize,
+    /// Workers currently running a handler or streaming its response.
+    pub busy: usize,
+    /// Requests waiting for a worker.
+    pub queued: usize,
+}
+
+impl WorkerPool {
+    pub(crate) fn new(config: PoolConfig) -> WorkerPool {
+        WorkerPool {
+            inner: Arc::new(PoolInner {
+                state: Mutex::new(PoolState::default()),
+                work_available: Condvar::new(),
+                config,
+            }),
+        }
+    }
+
+    /// Runs `job` on a worker, or drops it unrun when every worker is busy and the queue
+    /// is full (or no thread can be started).
+    pub(crate) fn try_execute(&self, job: Job) -> Result<(), PoolFull> {
+        let mut state = self.inner.lock();
+        if state.shutdown {
+            return Err(PoolFull);
+        }
+        if state.idle > state.queue.len() {
+            state.queue.push_back(job);
+            drop(state);
+            self.inner.work_available.notify_one();
+            return Ok(());
+        }
+        if state.threads < self.inner.config.max_workers {
+            state.threads += 1;
+            state.busy += 1;
+            let threads = state.threads;
+            drop(state);
+            let inner = self.inner.clone();
+            let spawned = std::thread::Builder::new()
+                .name("portcullis-worker".into())
+                .spawn(move || inner.work(job));
+            match spawned {
+                Ok(_) => {
+                    tracing::trace!(threads, "worker started");
+                    return Ok(());
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot start a worker thread");
+                    let mut state = self.inner.lock();
+                    state.threads -= 1;
+                    state.busy -= 1;
+                    return Err(PoolFull);
+                }
+            }
+        }
+        if state.queue.len() < self.inner.config.max_queued {
+            state.queue.push_back(job);
+            return Ok(());
+        }
+        Err(PoolFull)
+    }
+
+    /// Current thread and queue counts.
+    pub(crate) fn stats(&self) -> PoolStats {
+        let state = self.inner.lock();
+        PoolStats {
+            threads: state.threads,
+            busy: state.busy,
+            queued: state.queue.len(),
+        }
+    }
+
+    /// Lets idle workers exit at once; running jobs finish, queued jobs still run.
+    pub(crate) fn shutdown(&self) {
+        self.inner.lock().shutdown = true;
+        self.inner.work_available.notify_all();
+    }
+}
+
+impl PoolInner {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // Jobs run outside the lock, so poisoning cannot leave the state half-updated.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn work(&self, first: Job) {
+        first();
+        let mut state = self.lock();
+        state.busy -= 1;
+        loop {
+            if let Some(job) = state.queue.pop_front() {
+                state.busy += 1;
+                drop(state);
+                job();
+                state = self.lock();
+                state.busy -= 1;
+                continue;
+            }
+            if state.shutdown {
+                break;
+            }
+            state.idle += 1;
+            let (next, wait) = self
+                .work_available
+                .wait_timeout(state, self.config.idle_timeout)
+                .unwrap_or_else(|e| e.into_inner());
+            state = next;
+            state.idle -= 1;
+            if wait.timed_out() && state.queue.is_empty() {
+                break;
+            }
+        }
+        state.threads -= 1;
+        tracing::trace!(threads = state.threads, "worker exited");
+    }
+}
