@@ -110,6 +110,7 @@ impl Pipe {
         }
         state.buffered += chunk.len();
         state.chunks.push_back(chunk);
+        self.changed.notify_all();
         Self::wake_async_side(state);
         Ok(())
     }
@@ -134,6 +135,7 @@ impl Pipe {
         loop {
             if let Some(chunk) = state.chunks.pop_front() {
                 state.buffered -= chunk.len();
+                self.changed.notify_all();
                 Self::wake_async_side(state);
                 return Ok(Some(chunk));
             }
@@ -440,5 +442,67 @@ impl From<&'static [u8]> for Body {
 impl From<()> for Body {
     fn from((): ()) -> Body {
         Body::empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn pipe_applies_backpressure_to_a_blocking_producer() {
+        let pipe = Pipe::new(4);
+        let producer = {
+            let pipe = pipe.clone();
+            std::thread::spawn(move || {
+                for i in 0..10u8 {
+                    pipe.push_blocking(Bytes::from(vec![i; 4]))?;
+                }
+                pipe.finish(Ok(()));
+                Ok::<_, io::Error>(())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        // The producer is stuck behind the capacity: one chunk queued, not ten.
+        assert_eq!(pipe.lock().chunks.len(), 1);
+        let mut seen = Vec::new();
+        while let Some(chunk) = pipe.pop_blocking().unwrap() {
+            seen.push(chunk[0]);
+        }
+        producer.join().unwrap().unwrap();
+        assert_eq!(seen, (0..10).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn a_failed_end_is_an_error_not_eof() {
+        let pipe = Pipe::new(1024);
+        pipe.push(Bytes::from_static(b"abc"));
+        pipe.finish(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated")));
+        let mut body = Body::incoming(pipe);
+        let mut out = Vec::new();
+        let err = body.read_to_end(&mut out).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(out, b"abc");
+    }
+
+    #[test]
+    fn dropping_the_reader_releases_the_producer() {
+        let pipe = Pipe::new(1);
+        pipe.push_blocking(Bytes::from_static(b"x")).unwrap();
+        let producer = {
+            let pipe = pipe.clone();
+            std::thread::spawn(move || pipe.push_blocking(Bytes::from_static(b"y")))
+        };
+        drop(Body::incoming(pipe));
+        let err = producer.join().unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn reader_bodies_stream_in_chunks() {
+        let mut body = Body::from_reader(io::repeat(7).take(40_000));
+        let sizes: Vec<usize> = body.chunks().map(|c| c.unwrap().len()).collect();
+        assert_eq!(sizes, vec![STREAM_CHUNK, STREAM_CHUNK, 40_000 - 2 * STREAM_CHUNK]);
     }
 }

@@ -101,13 +101,24 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
     fn call(&self, request: http::Request<Incoming>) -> ResponseFuture {
         let started = Instant::now();
         let (parts, incoming) = request.into_parts();
-        let log = AccessLog {
+        let mut log = AccessLog {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             status: StatusCode::OK,
             started,
             sent: 0,
         };
+        if let Some(problem) = malformed(&parts) {
+            // As nginx and Go do; answered here, no worker involved.
+            tracing::info!(problem, "bad request");
+            log.status = StatusCode::BAD_REQUEST;
+            let mut response = plain_response(StatusCode::BAD_REQUEST, problem, log);
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+            return ResponseFuture::ready(Outcome::Response(response), self.info.protocol());
+        }
         let body = if http_body::Body::is_end_stream(&incoming) {
             Body::empty()
         } else {
@@ -131,6 +142,20 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
         }
         ResponseFuture { slot, protocol }
     }
+}
+
+/// What hyper lets through but a request must not have: RFC 9112 §3.2 requires exactly
+/// one `Host` header in an HTTP/1.1 request.
+fn malformed(parts: &http::request::Parts) -> Option<&'static str> {
+    if parts.version == http::Version::HTTP_11 {
+        let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (None, _) => return Some("400 Bad Request: missing Host header\n"),
+            (Some(_), Some(_)) => return Some("400 Bad Request: more than one Host header\n"),
+            (Some(_), None) => {}
+        }
+    }
+    None
 }
 
 /// Runs on a worker: the handler, then (for streamed bodies) the body, to its end.
@@ -292,6 +317,17 @@ impl Drop for SlotSender {
 pub(crate) struct ResponseFuture {
     slot: Arc<Slot>,
     protocol: Protocol,
+}
+
+impl ResponseFuture {
+    fn ready(outcome: Outcome, protocol: Protocol) -> ResponseFuture {
+        ResponseFuture {
+            slot: Arc::new(Slot {
+                state: Mutex::new(SlotState::Done(outcome)),
+            }),
+            protocol,
+        }
+    }
 }
 
 impl Future for ResponseFuture {

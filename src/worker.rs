@@ -168,3 +168,64 @@ impl PoolInner {
         tracing::trace!(threads = state.threads, "worker exited");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    fn pool(max_workers: usize, max_queued: usize) -> WorkerPool {
+        WorkerPool::new(PoolConfig {
+            max_workers,
+            max_queued,
+            idle_timeout: Duration::from_millis(200),
+        })
+    }
+
+    #[test]
+    fn grows_to_max_then_queues_then_refuses() {
+        let pool = pool(2, 1);
+        let (release, wait) = mpsc::channel::<()>();
+        let wait = Arc::new(Mutex::new(wait));
+        let blocker = || {
+            let wait = wait.clone();
+            Box::new(move || {
+                let _ = wait.lock().unwrap().recv();
+            }) as Job
+        };
+        assert!(pool.try_execute(blocker()).is_ok());
+        assert!(pool.try_execute(blocker()).is_ok());
+        assert!(pool.try_execute(blocker()).is_ok()); // queued
+        assert!(pool.try_execute(blocker()).is_err()); // refused
+        let stats = pool.stats();
+        assert_eq!((stats.threads, stats.queued), (2, 1));
+        for _ in 0..3 {
+            release.send(()).unwrap();
+        }
+        let start = Instant::now();
+        while pool.stats().busy > 0 {
+            assert!(start.elapsed() < Duration::from_secs(5), "jobs never finished");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn idle_workers_exit() {
+        let pool = pool(4, 0);
+        let (done, finished) = mpsc::channel();
+        for _ in 0..3 {
+            let done = done.clone();
+            pool.try_execute(Box::new(move || done.send(()).unwrap()))
+                .unwrap();
+        }
+        for _ in 0..3 {
+            finished.recv_timeout(Duration::from_secs(5)).unwrap();
+        }
+        let start = Instant::now();
+        while pool.stats().threads > 0 {
+            assert!(start.elapsed() < Duration::from_secs(5), "idle workers stayed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -29,6 +29,9 @@ use crate::worker::WorkerPool;
 use crate::Limits;
 use transport::Transport;
 
+/// hyper's own limit on HTTP/1 header fields.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// Everything a connection needs from its server; shared by all connections.
 pub(crate) struct ServerContext {
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
@@ -54,9 +57,13 @@ impl ServerContext {
         let mut h1 = http1::Builder::new();
         h1.timer(timer.clone())
             .header_read_timeout(limits.request_header_timeout)
-            .max_headers(limits.max_request_headers)
-            .max_buf_size(limits.max_request_header_bytes.max(8192))
+            .max_header_size(limits.max_request_header_bytes)
             .keep_alive(true);
+        if limits.max_request_headers != HYPER_DEFAULT_MAX_HEADERS {
+            // hyper parses up to its default count on the stack; any other count costs a
+            // heap allocation per request.
+            h1.max_headers(limits.max_request_headers);
+        }
         let mut h2 = http2::Builder::new(Spawner {
             run_queue: reactor.run_queue.clone(),
         });

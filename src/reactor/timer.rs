@@ -194,3 +194,57 @@ pub(crate) async fn with_deadline<F: Future>(deadline: Deadline, future: F) -> O
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn queue() -> Arc<TimerQueue> {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        TimerQueue::new(RunQueue::new(waker))
+    }
+
+    #[test]
+    fn next_timeout_is_the_earliest_deadline_and_fires_in_order() {
+        let queue = queue();
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let now = Instant::now();
+        let mut late = Deadline::new(&queue, now + Duration::from_secs(60));
+        let mut soon = Deadline::new(&queue, now + Duration::from_millis(30));
+        assert!(Pin::new(&mut late).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut soon).poll(&mut cx).is_pending());
+        let timeout = queue.next_timeout(now).unwrap();
+        assert!(timeout >= Duration::from_millis(30) && timeout <= Duration::from_millis(31));
+        queue.fire_expired(now + Duration::from_millis(31));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        drop(late);
+        assert_eq!(queue.next_timeout(now), None, "a dropped deadline is forgotten");
+    }
+
+    #[test]
+    fn reset_moves_a_deadline() {
+        let queue = queue();
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let now = Instant::now();
+        let mut deadline = Deadline::new(&queue, now + Duration::from_secs(60));
+        assert!(Pin::new(&mut deadline).poll(&mut cx).is_pending());
+        deadline.reset(now);
+        assert!(Pin::new(&mut deadline).poll(&mut cx).is_ready());
+        assert_eq!(queue.next_timeout(now), None);
+    }
+}
