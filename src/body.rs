@@ -28,10 +28,23 @@ struct PipeState {
     chunks: VecDeque<Bytes>,
     buffered: usize,
     end: Option<End>,
+    /// The consumer has asked for data at least once.
+    demanded: bool,
     consumer_gone: bool,
+    /// The response to the request whose body this is has been sent.
+    response_done: bool,
     /// Waker of the asynchronous side (the producer for request bodies, the consumer for
     /// response bodies).
     waker: Option<Waker>,
+}
+
+/// What [`Pipe::poll_room`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Room {
+    /// A chunk may be pushed.
+    Available,
+    /// The consumer dropped its end; `demanded` says whether it ever read.
+    ConsumerGone { demanded: bool },
 }
 
 /// A bounded queue of body chunks between the reactor and a worker.
@@ -49,7 +62,9 @@ impl Pipe {
                 chunks: VecDeque::new(),
                 buffered: 0,
                 end: None,
+                demanded: false,
                 consumer_gone: false,
+                response_done: false,
                 waker: None,
             }),
             changed: Condvar::new(),
@@ -70,14 +85,35 @@ impl Pipe {
         }
     }
 
-    /// Asynchronous producer: ready when there is room; `false` when the consumer left.
-    pub(crate) fn poll_room(&self, cx: &mut Context<'_>) -> Poll<bool> {
+    /// Asynchronous producer: whether a chunk may be pushed now. With `wait_for_demand`
+    /// it stays pending until the consumer first asks for data (so that a request with
+    /// `Expect: 100-continue` is not invited to send a body nobody reads).
+    pub(crate) fn poll_room(&self, cx: &mut Context<'_>, wait_for_demand: bool) -> Poll<Room> {
         let mut state = self.lock();
         if state.consumer_gone {
-            return Poll::Ready(false);
+            return Poll::Ready(Room::ConsumerGone {
+                demanded: state.demanded,
+            });
         }
-        if state.buffered < self.capacity {
-            return Poll::Ready(true);
+        if state.buffered < self.capacity && (state.demanded || !wait_for_demand) {
+            return Poll::Ready(Room::Available);
+        }
+        state.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Request pipes: the response has gone out (or was dropped).
+    pub(crate) fn mark_response_done(&self) {
+        let mut state = self.lock();
+        state.response_done = true;
+        Self::wake_async_side(state);
+    }
+
+    /// Asynchronous producer: ready once [`Pipe::mark_response_done`] was called.
+    pub(crate) fn poll_response_done(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if state.response_done {
+            return Poll::Ready(());
         }
         state.waker = Some(cx.waker().clone());
         Poll::Pending
@@ -132,6 +168,12 @@ impl Pipe {
     /// one (a truncated body is never reported as a clean end).
     pub(crate) fn pop_blocking(&self) -> io::Result<Option<Bytes>> {
         let mut state = self.lock();
+        if !state.demanded {
+            state.demanded = true;
+            if let Some(waker) = state.waker.take() {
+                waker.wake();
+            }
+        }
         loop {
             if let Some(chunk) = state.chunks.pop_front() {
                 state.buffered -= chunk.len();

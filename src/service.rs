@@ -21,7 +21,7 @@ use http::{HeaderValue, Method, StatusCode, Uri};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::body::{Body, Pipe, StreamSource};
+use crate::body::{Body, Pipe, Room, StreamSource};
 use crate::conn::{ConnectionInfo, Protocol, ServerContext};
 
 /// A request as a handler receives it: the `http` crate's type with a streaming [`Body`].
@@ -107,6 +107,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
             status: StatusCode::OK,
             started,
             sent: 0,
+            request_body: None,
         };
         if let Some(problem) = malformed(&parts) {
             // As nginx and Go do; answered here, no worker involved.
@@ -123,10 +124,17 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
             Body::empty()
         } else {
             let pipe = Pipe::new(PIPE_CAPACITY);
-            self.ctx
-                .reactor
-                .run_queue
-                .spawn(Box::pin(pump_request_body(incoming, pipe.clone())));
+            let expects_continue = parts
+                .headers
+                .get(http::header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            self.ctx.reactor.run_queue.spawn(Box::pin(pump_request_body(
+                incoming,
+                pipe.clone(),
+                expects_continue,
+                self.info.protocol(),
+            )));
+            log.request_body = Some(pipe.clone());
             Body::incoming(pipe)
         };
         let request = http::Request::from_parts(parts, body);
@@ -217,21 +225,44 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
     }
 }
 
-/// Reactor task: moves a request body from hyper into the pipe the handler reads,
-/// as fast as the handler reads it.
-async fn pump_request_body(mut incoming: Incoming, pipe: Arc<Pipe>) {
+/// Reactor task: moves a request body from hyper into the pipe the handler reads, as
+/// fast as the handler reads it.
+///
+/// When the handler drops a body it has not read to the end:
+/// - HTTP/1: the rest is read and discarded here (no worker involved), as nginx and
+///   Kestrel do, so the connection stays usable and the client is not reset in the middle
+///   of its upload;
+/// - HTTP/2: the body is held until the response is complete and then dropped, which makes
+///   h2 send `RST_STREAM(NO_ERROR)`: "stop sending, the answer is complete" (RFC 9113 §8.1).
+///
+/// A request that asked for `100 Continue` is not read at all until the handler reads, so a
+/// handler that ignores its body answers without inviting it.
+async fn pump_request_body(
+    mut incoming: Incoming,
+    pipe: Arc<Pipe>,
+    expects_continue: bool,
+    protocol: Protocol,
+) {
+    let mut discarding = false;
     let result = poll_fn(|cx| loop {
-        match pipe.poll_room(cx) {
-            Poll::Pending => return Poll::Pending,
-            // The handler dropped its body: stop reading.
-            Poll::Ready(false) => return Poll::Ready(Ok(())),
-            Poll::Ready(true) => {}
+        if !discarding {
+            match pipe.poll_room(cx, expects_continue) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Room::Available) => {}
+                Poll::Ready(Room::ConsumerGone { demanded }) => match protocol {
+                    Protocol::Http2 => return pipe.poll_response_done(cx).map(Ok),
+                    Protocol::Http1 if expects_continue && !demanded => {
+                        return Poll::Ready(Ok(()))
+                    }
+                    Protocol::Http1 => discarding = true,
+                },
+            }
         }
         match Pin::new(&mut incoming).poll_frame(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => return Poll::Ready(Ok(())),
             Poll::Ready(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
+                if let (Ok(data), false) = (frame.into_data(), discarding) {
                     pipe.push(data);
                 }
             }
@@ -372,6 +403,7 @@ impl Future for ResponseFuture {
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     started: Instant::now(),
                     sent: 0,
+                    request_body: None,
                 };
                 let mut response = plain_response(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -409,6 +441,16 @@ struct AccessLog {
     status: StatusCode,
     started: Instant,
     sent: u64,
+    /// The request body's pipe, told when the response is done.
+    request_body: Option<Arc<Pipe>>,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        if let Some(pipe) = &self.request_body {
+            pipe.mark_response_done();
+        }
+    }
 }
 
 impl AccessLog {
