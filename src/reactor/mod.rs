@@ -51,7 +51,9 @@ impl ReactorHandle {
     /// Asks the reactor to stop accepting and drain.
     pub(crate) fn begin_shutdown(&self) {
         self.shutdown.store(true, Ordering::Release);
-        self.run_queue.notify();
+        // Not `notify`: the reactor checks the flag only after `poll` returns, so a wake-up
+        // skipped because it was awake could let it sleep through the shutdown.
+        self.run_queue.wake_now();
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {

@@ -53,6 +53,15 @@ impl RunQueue {
         }
     }
 
+    /// Interrupts the reactor's `poll` unconditionally: for signals that `prepare_to_sleep`
+    /// does not look at (shutdown).
+    pub(crate) fn wake_now(&self) {
+        self.notified.store(true, Ordering::Release);
+        if let Err(error) = self.waker.wake() {
+            tracing::error!(%error, "cannot wake the reactor");
+        }
+    }
+
     /// Called by the reactor just before `poll`: announces that it is going to sleep, then
     /// says whether work arrived meanwhile (then it must not sleep).
     pub(crate) fn prepare_to_sleep(&self) -> bool {
