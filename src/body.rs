@@ -520,7 +520,10 @@ mod tests {
     fn a_failed_end_is_an_error_not_eof() {
         let pipe = Pipe::new(1024);
         pipe.push(Bytes::from_static(b"abc"));
-        pipe.finish(Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated")));
+        pipe.finish(Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "truncated",
+        )));
         let mut body = Body::incoming(pipe);
         let mut out = Vec::new();
         let err = body.read_to_end(&mut out).unwrap_err();
@@ -545,6 +548,9 @@ mod tests {
     fn reader_bodies_stream_in_chunks() {
         let mut body = Body::from_reader(io::repeat(7).take(40_000));
         let sizes: Vec<usize> = body.chunks().map(|c| c.unwrap().len()).collect();
-        assert_eq!(sizes, vec![STREAM_CHUNK, STREAM_CHUNK, 40_000 - 2 * STREAM_CHUNK]);
+        assert_eq!(
+            sizes,
+            vec![STREAM_CHUNK, STREAM_CHUNK, 40_000 - 2 * STREAM_CHUNK]
+        );
     }
 }

@@ -39,6 +39,7 @@ pub use bytes::Bytes;
 pub use conn::{ConnectionInfo, Protocol, TlsVersion};
 pub use http;
 pub use limits::Limits;
+pub use rustls;
 pub use server::{Protocols, Server, ServerHandle};
 pub use service::{Request, Response, Service};
 pub use tls::{TlsConfig, TlsError};

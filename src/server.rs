@@ -10,8 +10,8 @@ use socket2::{Domain, Socket, Type};
 use crate::conn::{self, ServerContext};
 use crate::reactor::{Reactor, ReactorConfig, ReactorHandle};
 use crate::service::{Request, Response, Service};
-use crate::ConnectionInfo;
 use crate::worker::{PoolConfig, PoolStats, WorkerPool};
+use crate::ConnectionInfo;
 use crate::{Limits, TlsConfig};
 
 /// Pending connections the kernel queues per listener before `accept` (nginx uses 511 on
@@ -269,6 +269,12 @@ impl ServerHandle {
     /// Worker pool figures right now.
     pub fn worker_stats(&self) -> PoolStats {
         self.pool.stats()
+    }
+
+    /// Begins the graceful shutdown described at [`shutdown`](ServerHandle::shutdown)
+    /// without waiting for it; [`join`](ServerHandle::join) waits.
+    pub fn begin_shutdown(&self) {
+        self.reactor.begin_shutdown();
     }
 
     /// Stops accepting (new connections are refused), lets in-flight requests finish —

@@ -28,6 +28,20 @@ use crate::conn::{ConnectionInfo, Protocol, ServerContext};
 pub type Request = http::Request<Body>;
 
 /// A response as a handler returns it.
+///
+/// This is a type alias, so build one with `Response::new(body)` or with the `http` crate's
+/// builder:
+///
+/// ```
+/// use portcullis::{http, Body, Response};
+///
+/// let response: Response = http::Response::builder()
+///     .status(404)
+///     .header("content-type", "text/plain")
+///     .body(Body::from("not found\n"))?;
+/// assert_eq!(response.status(), 404);
+/// # Ok::<(), http::Error>(())
+/// ```
 pub type Response = http::Response<Body>;
 
 /// Bytes queued between the connection and a worker, per body and direction.
@@ -114,10 +128,9 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
             tracing::info!(problem, "bad request");
             log.status = StatusCode::BAD_REQUEST;
             let mut response = plain_response(StatusCode::BAD_REQUEST, problem, log);
-            response.headers_mut().insert(
-                http::header::CONNECTION,
-                HeaderValue::from_static("close"),
-            );
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             return ResponseFuture::ready(Outcome::Response(response), self.info.protocol());
         }
         let body = if http_body::Body::is_end_stream(&incoming) {
@@ -251,9 +264,7 @@ async fn pump_request_body(
                 Poll::Ready(Room::Available) => {}
                 Poll::Ready(Room::ConsumerGone { demanded }) => match protocol {
                     Protocol::Http2 => return pipe.poll_response_done(cx).map(Ok),
-                    Protocol::Http1 if expects_continue && !demanded => {
-                        return Poll::Ready(Ok(()))
-                    }
+                    Protocol::Http1 if expects_continue && !demanded => return Poll::Ready(Ok(())),
                     Protocol::Http1 => discarding = true,
                 },
             }

@@ -75,16 +75,27 @@ impl TlsConfig {
         )
     }
 
-    /// Uses a caller-built rustls configuration as it is. If its `alpn_protocols` list is
+    /// Uses a caller-built rustls configuration as it is (portcullis re-exports the
+    /// `rustls` crate it uses as `portcullis::rustls`). If its `alpn_protocols` list is
     /// empty, portcullis fills it in from the server's [`Protocols`].
     ///
     /// ```
     /// use std::sync::Arc;
-    /// # let base = portcullis::TlsConfig::from_pem_files("certs/localhost.crt", "certs/localhost.key")?;
-    /// # let config: rustls::ServerConfig = (*base.rustls_config()).clone();
+    /// use portcullis::rustls;
+    /// use portcullis::rustls::pki_types::pem::PemObject;
+    /// use portcullis::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    ///
+    /// let certs = CertificateDer::pem_file_iter("certs/localhost.crt")?.collect::<Result<Vec<_>, _>>()?;
+    /// let key = PrivateKeyDer::from_pem_file("certs/localhost.key")?;
+    /// let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+    ///     rustls::crypto::ring::default_provider(),
+    /// ))
+    /// .with_protocol_versions(&[&rustls::version::TLS13])?
+    /// .with_no_client_auth()
+    /// .with_single_cert(certs, key)?;
     /// let tls = portcullis::TlsConfig::from_rustls(Arc::new(config));
     /// # let _ = tls;
-    /// # Ok::<(), portcullis::TlsError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_rustls(config: Arc<ServerConfig>) -> TlsConfig {
         TlsConfig { config }
@@ -103,20 +114,19 @@ impl TlsConfig {
     ) -> Result<TlsConfig, TlsError> {
         let certs = parse_certificates(cert_pem, cert_path)?;
         let key = parse_private_key(key_pem, key_path)?;
-        let config = ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|source| TlsError::Rejected {
-            path: cert_path.to_path_buf(),
-            source,
-        })?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|source| TlsError::Rejected {
-            path: key_path.to_path_buf(),
-            source,
-        })?;
+        let config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(|source| TlsError::Rejected {
+                    path: cert_path.to_path_buf(),
+                    source,
+                })?
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .map_err(|source| TlsError::Rejected {
+                    path: key_path.to_path_buf(),
+                    source,
+                })?;
         Ok(TlsConfig {
             config: Arc::new(config),
         })

@@ -205,7 +205,10 @@ mod tests {
         }
         let start = Instant::now();
         while pool.stats().busy > 0 {
-            assert!(start.elapsed() < Duration::from_secs(5), "jobs never finished");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "jobs never finished"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -224,7 +227,10 @@ mod tests {
         }
         let start = Instant::now();
         while pool.stats().threads > 0 {
-            assert!(start.elapsed() < Duration::from_secs(5), "idle workers stayed");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "idle workers stayed"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

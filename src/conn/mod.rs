@@ -142,13 +142,9 @@ async fn open(ctx: &ServerContext, transport: &mut Transport) -> Option<Protocol
         match ctx.protocols {
             Protocols::Http1Only => Poll::Ready(Ok(Some(Protocol::Http1))),
             Protocols::Http2Only => Poll::Ready(Ok(Some(Protocol::Http2))),
-            Protocols::Http1AndHttp2 => transport.poll_sniff_h2_preface(cx).map_ok(|h2| {
-                Some(if h2 {
-                    Protocol::Http2
-                } else {
-                    Protocol::Http1
-                })
-            }),
+            Protocols::Http1AndHttp2 => transport
+                .poll_sniff_h2_preface(cx)
+                .map_ok(|h2| Some(if h2 { Protocol::Http2 } else { Protocol::Http1 })),
         }
     });
     let plain_protocol = match with_deadline(deadline, opening).await {

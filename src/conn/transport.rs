@@ -86,7 +86,10 @@ impl Transport {
 
     /// On a plain connection, reads until it can tell whether the client opened with the
     /// HTTP/2 preface (h2c with prior knowledge). The bytes read are replayed to hyper.
-    pub(crate) fn poll_sniff_h2_preface(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+    pub(crate) fn poll_sniff_h2_preface(
+        &mut self,
+        _cx: &mut Context<'_>,
+    ) -> Poll<io::Result<bool>> {
         let mut seen = Vec::from(std::mem::take(&mut self.sniffed));
         let result = loop {
             if seen.len() >= H2_PREFACE.len() {

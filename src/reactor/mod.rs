@@ -204,10 +204,7 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.ready.is_empty()
-            || self.accept_again
-            || self.handle.run_queue.prepare_to_sleep()
-        {
+        if !self.ready.is_empty() || self.accept_again || self.handle.run_queue.prepare_to_sleep() {
             return Some(Duration::ZERO);
         }
         let mut timeout = self.handle.timers.next_timeout(now);
@@ -291,11 +288,11 @@ impl Reactor {
         let key = entry.key();
         // Registered under the task's key before anything can make it ready, and the task
         // is polled right below, so a request already in the socket is never missed.
-        if let Err(error) =
-            self.poll
-                .registry()
-                .register(&mut socket, Token(key), Interest::READABLE | Interest::WRITABLE)
-        {
+        if let Err(error) = self.poll.registry().register(
+            &mut socket,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             tracing::error!(%error, %peer, "cannot register accepted socket");
             return;
         }

@@ -231,7 +231,11 @@ mod tests {
         queue.fire_expired(now + Duration::from_millis(31));
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
         drop(late);
-        assert_eq!(queue.next_timeout(now), None, "a dropped deadline is forgotten");
+        assert_eq!(
+            queue.next_timeout(now),
+            None,
+            "a dropped deadline is forgotten"
+        );
     }
 
     #[test]

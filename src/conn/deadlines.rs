@@ -1,0 +1,258 @@
+//! Deadlines of a connection and of its request bodies.
+//!
+//! What a connection's deadlines watch: requests in flight, when the connection went idle,
+//! since when its writes have been stalled, and whether anything asked to abort it.
+//!
+//! The transport, the dispatch glue and the worker-side body code update a shared
+//! [`ConnectionWatch`]; the connection's driver (`conn::drive`) turns it into a single
+//! reactor deadline and acts when it passes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::reactor::timer::{Deadline, TimerQueue};
+
+/// Why a connection is being cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AbortReason {
+    /// A request body arrived too slowly (below the minimum rate, or stalled).
+    BodyTooSlow,
+    /// The client stopped taking response bytes for longer than the send timeout.
+    SendStalled,
+    /// HTTP/2: more handlers running than streams allowed (the client reset streams whose
+    /// handlers still run: rapid reset).
+    TooManyHandlers,
+}
+
+impl AbortReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AbortReason::BodyTooSlow => "request body too slow",
+            AbortReason::SendStalled => "client stopped reading the response",
+            AbortReason::TooManyHandlers => "too many handlers in flight (streams reset)",
+        }
+    }
+}
+
+/// Shared state of one connection, cheap to update from any thread.
+pub(crate) struct ConnectionWatch {
+    /// Reference point for the nanosecond timestamps below.
+    epoch: Instant,
+    /// Requests handed to the service whose responses are not finished.
+    in_flight: AtomicUsize,
+    /// Handler jobs running on workers for this connection.
+    handlers: AtomicUsize,
+    /// When `in_flight` last fell to zero (ns since `epoch`).
+    idle_since: AtomicU64,
+    /// When writes began to wait for the socket (ns since `epoch` + 1), 0 when flowing.
+    write_stalled_since: AtomicU64,
+    abort: Mutex<Option<AbortReason>>,
+    aborted: AtomicBool,
+    /// The connection task, woken when something changes that moves a deadline.
+    waker: Mutex<Option<Waker>>,
+}
+
+impl ConnectionWatch {
+    pub(crate) fn new() -> Arc<ConnectionWatch> {
+        Arc::new(ConnectionWatch {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            handlers: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            write_stalled_since: AtomicU64::new(0),
+            abort: Mutex::new(None),
+            aborted: AtomicBool::new(false),
+            waker: Mutex::new(None),
+        })
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    fn instant(&self, nanos: u64) -> Instant {
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
+    fn wake(&self) {
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// The connection task registers itself to be woken on changes.
+    pub(crate) fn register(&self, waker: &Waker) {
+        let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Some(current) if current.will_wake(waker) => {}
+            _ => *slot = Some(waker.clone()),
+        }
+    }
+
+    /// A request was handed over; the guard ends it when dropped.
+    pub(crate) fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// A handler job was queued for a worker; the guard ends it when dropped. Returns the
+    /// number of handlers running for this connection, this one included.
+    pub(crate) fn handler_started(self: &Arc<Self>) -> (HandlerRunning, usize) {
+        let running = self.handlers.fetch_add(1, Ordering::AcqRel) + 1;
+        (HandlerRunning(self.clone()), running)
+    }
+
+    /// When the connection became idle (no request in flight), if it is idle.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(self.instant(self.idle_since.load(Ordering::Acquire)))
+    }
+
+    /// The transport could not write: the socket is full.
+    pub(crate) fn write_stalled(&self) {
+        if self.write_stalled_since.load(Ordering::Relaxed) == 0 {
+            let now = self.nanos(Instant::now()) + 1;
+            self.write_stalled_since.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// The transport wrote something.
+    pub(crate) fn write_progressed(&self) {
+        if self.write_stalled_since.load(Ordering::Relaxed) != 0 {
+            self.write_stalled_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Since when writes have been waiting for the client, if they are.
+    pub(crate) fn write_stalled_since(&self) -> Option<Instant> {
+        match self.write_stalled_since.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.instant(n - 1)),
+        }
+    }
+
+    /// Asks the connection to close at once. The first reason is kept.
+    pub(crate) fn abort(&self, reason: AbortReason) {
+        {
+            let mut slot = self.abort.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = Some(reason);
+            }
+        }
+        self.aborted.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    /// Why the connection must close, if it must.
+    pub(crate) fn aborted(&self) -> Option<AbortReason> {
+        if !self.aborted.load(Ordering::Acquire) {
+            return None;
+        }
+        *self.abort.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A request in flight on a connection (see [`ConnectionWatch::request_started`]).
+pub(crate) struct InFlight(Arc<ConnectionWatch>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let watch = &self.0;
+        if watch.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            watch
+                .idle_since
+                .store(watch.nanos(Instant::now()), Ordering::Release);
+            watch.wake();
+        }
+    }
+}
+
+/// A handler running for a connection (see [`ConnectionWatch::handler_started`]).
+pub(crate) struct HandlerRunning(Arc<ConnectionWatch>);
+
+impl Drop for HandlerRunning {
+    fn drop(&mut self) {
+        self.0.handlers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How fast a request body must arrive: at least `min_rate` bytes per second once `grace`
+/// has passed, and never a pause longer than `timeout`. Only time spent waiting for the
+/// client counts; time the handler takes to read does not.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyRate {
+    pub(crate) timeout: Duration,
+    pub(crate) min_rate: u64,
+    pub(crate) grace: Duration,
+}
+
+/// Enforces [`BodyRate`] on one request body, on the reactor.
+pub(crate) struct BodyDeadline {
+    rate: BodyRate,
+    timer: Deadline,
+    /// Bytes received so far.
+    received: u64,
+    /// Time spent waiting for the client before the current wait.
+    waited: Duration,
+    /// Start of the current wait for the client, if waiting.
+    wait_started: Option<Instant>,
+}
+
+impl BodyDeadline {
+    pub(crate) fn new(rate: BodyRate, timers: &Arc<TimerQueue>) -> BodyDeadline {
+        BodyDeadline {
+            rate,
+            timer: Deadline::new(timers, Instant::now() + rate.timeout),
+            received: 0,
+            waited: Duration::ZERO,
+            wait_started: None,
+        }
+    }
+
+    /// Bytes arrived: the current wait (if any) ends.
+    pub(crate) fn received(&mut self, bytes: usize) {
+        self.received += bytes as u64;
+        self.pause();
+    }
+
+    /// The body is waiting for the handler, not the client: the clock stops.
+    pub(crate) fn pause(&mut self) {
+        if let Some(started) = self.wait_started.take() {
+            self.waited += started.elapsed();
+        }
+    }
+
+    /// Waiting for the client: `Ready` once the body is too slow.
+    pub(crate) fn poll_expired(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let now = Instant::now();
+        let started = *self.wait_started.get_or_insert(now);
+        // The total wait at which the average rate falls below the minimum.
+        let allowed = if self.rate.min_rate == 0 {
+            Duration::MAX
+        } else {
+            self.rate
+                .grace
+                .max(Duration::from_secs_f64(self.received as f64 / self.rate.min_rate as f64))
+        };
+        let by_rate = allowed
+            .checked_sub(self.waited)
+            .and_then(|left| started.checked_add(left))
+            .unwrap_or(started);
+        let by_pause = started + self.rate.timeout;
+        let expires = by_rate.min(by_pause);
+        if now >= expires {
+            return Poll::Ready(());
+        }
+        if self.timer.at() != expires {
+            self.timer.reset(expires);
+        }
+        Pin::new(&mut self.timer).poll(cx)
+    }
+}

@@ -1,0 +1,390 @@
+//! Request and response bodies: large uploads echoed intact over HTTP/1.1 and HTTP/2 (hyper
+//! client and curl, with and without `Expect: 100-continue`), chunked uploads, `chunks()`,
+//! streamed responses, and handlers that ignore the body.
+
+mod common;
+
+use std::io::{Cursor, Read};
+
+use common::*;
+use hyper::body::Bytes;
+use hyper::{StatusCode, Version};
+use portcullis::{http, Body, Response};
+
+const EIGHT_MIB: usize = 8 * 1024 * 1024;
+
+#[test]
+fn eight_mib_echo_with_hyper_http1_and_http2() {
+    let handle = spawn_tls(echo_handler);
+    let addr = addr(&handle);
+    let data = Bytes::from(pseudo_random(EIGHT_MIB, 1));
+    block_on(async move {
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let reply = post_tls(addr, version, "/echo", data.clone()).await;
+            assert_eq!(reply.status, StatusCode::OK, "{version:?}");
+            assert_eq!(reply.version, version);
+            assert_same_bytes(&reply.body, &data, &format!("echo over {version:?}"));
+        }
+    });
+    stop(handle);
+}
+
+/// `/collect` reads the whole body inside the handler, then answers with it; any other
+/// path echoes by streaming (the response head goes out before the body is read).
+fn collect_or_echo(req: portcullis::Request, info: portcullis::ConnectionInfo) -> Response {
+    if req.uri().path() != "/collect" {
+        return echo_handler(req, info);
+    }
+    let mut body = Vec::new();
+    match req.into_body().read_to_end(&mut body) {
+        Ok(_) => Response::new(Body::from(body)),
+        Err(e) => http::Response::builder()
+            .status(400)
+            .body(Body::from(format!("body error: {e}")))
+            .expect("response"),
+    }
+}
+
+#[test]
+fn eight_mib_echo_with_curl_with_and_without_expect() {
+    let handle = spawn_tls(collect_or_echo);
+    let addr = addr(&handle);
+    let data = pseudo_random(EIGHT_MIB, 2);
+    let file = TempFile::new("upload.bin", &data);
+    let upload = format!("@{}", file.as_str());
+    for path in ["/echo", "/collect"] {
+        for (proto, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+            // curl adds `Expect: 100-continue` by itself to large HTTP/1.1 uploads; an
+            // empty `Expect:` header suppresses it.
+            for expect in ["Expect: 100-continue", "Expect:"] {
+                let reply = curl(
+                    addr,
+                    true,
+                    path,
+                    &[proto, "-X", "POST", "--data-binary", &upload, "-H", expect],
+                );
+                let what = format!("curl {proto} -H '{expect}' {path}");
+                assert_eq!(reply.status, 200, "{what}: {}", reply.stderr);
+                assert_eq!(reply.version, version, "{what}");
+                assert_same_bytes(&reply.body, &data, &what);
+            }
+        }
+    }
+    stop(handle);
+}
+
+/// With `Expect: 100-continue` and a handler that reads its body, the server must send
+/// `100 Continue` (README: "answered when the handler starts reading"), so curl does not
+/// have to wait out its expect timeout (set to 5 s here) before uploading.
+fn expect_continue_is_answered(proto: &str, version: &str) {
+    let handle = spawn_tls(collect_or_echo);
+    let addr = addr(&handle);
+    let data = pseudo_random(1024 * 1024, 12);
+    let file = TempFile::new("expect.bin", &data);
+    let upload = format!("@{}", file.as_str());
+    let started = std::time::Instant::now();
+    let reply = curl(
+        addr,
+        true,
+        "/collect",
+        &[
+            proto,
+            "-v",
+            "--expect100-timeout",
+            "5",
+            "--data-binary",
+            &upload,
+            "-H",
+            "Expect: 100-continue",
+        ],
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(reply.status, 200, "{}", reply.stderr);
+    assert_eq!(reply.version, version);
+    assert_same_bytes(&reply.body, &data, "upload after 100 Continue");
+    if version == "1.1" {
+        assert!(
+            reply.stderr.contains("< HTTP/1.1 100 Continue"),
+            "no 100 Continue in curl -v output:\n{}",
+            reply.stderr
+        );
+    }
+    assert!(
+        elapsed < std::time::Duration::from_millis(2500),
+        "curl {proto} waited {elapsed:?} for an answer to Expect: 100-continue \
+         (its expect timeout is 5 s): the server never sent 100 Continue"
+    );
+    stop(handle);
+}
+
+#[test]
+fn expect_continue_is_answered_http1() {
+    expect_continue_is_answered("--http1.1", "1.1");
+}
+
+/// Known upstream gap, not a portcullis choice: hyper 1.x's HTTP/2 server cannot send
+/// `100 Continue` (hyperium/hyper#2743, open; the h2 side is hyperium/h2#601). The upload
+/// still completes intact once the client's expect timeout passes (the echo tests cover
+/// that). `.ci/run` runs this test with `--ignored` and reports it without failing, so the
+/// day hyper gains the feature it shows up.
+#[test]
+#[ignore = "hyper 1.x cannot send 100 Continue over HTTP/2 (hyperium/hyper#2743)"]
+fn expect_continue_is_answered_http2() {
+    expect_continue_is_answered("--http2", "2");
+}
+
+#[test]
+fn curl_chunked_upload_is_echoed() {
+    let handle = spawn_tls(echo_handler);
+    let addr = addr(&handle);
+    let data = pseudo_random(3 * 1024 * 1024 + 17, 3);
+    let file = TempFile::new("chunked.bin", &data);
+    let upload = format!("@{}", file.as_str());
+    let reply = curl(
+        addr,
+        true,
+        "/echo",
+        &[
+            "--http1.1",
+            "-X",
+            "POST",
+            "--data-binary",
+            &upload,
+            "-H",
+            "Transfer-Encoding: chunked",
+        ],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.stderr);
+    assert_eq!(reply.version, "1.1");
+    assert_same_bytes(&reply.body, &data, "chunked upload echo");
+    stop(handle);
+}
+
+#[test]
+fn handler_reading_chunks_counts_every_byte() {
+    let handle = spawn_tls(|mut req, _info| {
+        let mut total = 0usize;
+        let mut chunks = 0usize;
+        for chunk in req.body_mut().chunks() {
+            match chunk {
+                Ok(chunk) => {
+                    total += chunk.len();
+                    chunks += 1;
+                }
+                Err(e) => {
+                    return http::Response::builder()
+                        .status(400)
+                        .body(Body::from(format!("body error: {e}")))
+                        .expect("response");
+                }
+            }
+        }
+        Response::new(Body::from(format!("{total} bytes in {chunks} chunks")))
+    });
+    let addr = addr(&handle);
+    let len = 5 * 1024 * 1024 + 3;
+    let data = Bytes::from(pseudo_random(len, 4));
+    block_on(async move {
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let reply = post_tls(addr, version, "/count", data.clone()).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            let text = reply.text();
+            assert!(
+                text.starts_with(&format!("{len} bytes in ")),
+                "{version:?}: {text}"
+            );
+        }
+        // An empty body yields no chunks at all.
+        let reply = post_tls(addr, Version::HTTP_11, "/count", Bytes::new()).await;
+        assert_eq!(reply.text(), "0 bytes in 0 chunks");
+    });
+    let file = TempFile::new("count.bin", &pseudo_random(len, 5));
+    let upload = format!("@{}", file.as_str());
+    let reply = curl(
+        addr,
+        true,
+        "/count",
+        &[
+            "--http1.1",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &upload,
+        ],
+    );
+    assert_eq!(reply.status, 200);
+    assert!(
+        String::from_utf8_lossy(&reply.body).starts_with(&format!("{len} bytes in ")),
+        "{reply:?}"
+    );
+    stop(handle);
+}
+
+#[test]
+fn streamed_response_from_reader_arrives_intact() {
+    const LEN: usize = 6 * 1024 * 1024 + 123;
+    let handle = spawn_tls(|_req, _info| {
+        Response::new(Body::from_reader(Cursor::new(pseudo_random(LEN, 6))))
+    });
+    let addr = addr(&handle);
+    let want = pseudo_random(LEN, 6);
+    let want_clone = want.clone();
+    block_on(async move {
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let reply = get_tls(addr, version, "/stream").await;
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(reply.version, version);
+            if version == Version::HTTP_11 {
+                // No Content-Length given: the body goes out chunked.
+                assert_eq!(
+                    reply.headers.get("transfer-encoding").map(|v| v.as_bytes()),
+                    Some(&b"chunked"[..]),
+                    "{:?}",
+                    reply.headers
+                );
+            }
+            assert_same_bytes(&reply.body, &want_clone, &format!("stream {version:?}"));
+        }
+    });
+    for proto in ["--http1.1", "--http2"] {
+        let reply = curl(addr, true, "/stream", &[proto]);
+        assert_eq!(reply.status, 200);
+        assert_same_bytes(&reply.body, &want, &format!("curl {proto} stream"));
+    }
+    stop(handle);
+}
+
+#[test]
+fn streamed_response_with_content_length() {
+    const LEN: usize = 3 * 1024 * 1024;
+    let handle = spawn_tls(|_req, _info| {
+        http::Response::builder()
+            .header("content-length", LEN.to_string())
+            .body(Body::from_reader(
+                Cursor::new(pseudo_random(LEN, 7)).take(LEN as u64),
+            ))
+            .expect("response")
+    });
+    let addr = addr(&handle);
+    let want = pseudo_random(LEN, 7);
+    block_on(async move {
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let reply = get_tls(addr, version, "/sized").await;
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(
+                reply
+                    .headers
+                    .get("content-length")
+                    .and_then(|v| v.to_str().ok()),
+                Some(LEN.to_string().as_str())
+            );
+            assert_same_bytes(&reply.body, &want, &format!("sized stream {version:?}"));
+        }
+    });
+    stop(handle);
+}
+
+/// A handler that never reads a large upload answers at once; the client is still
+/// sending. The client must get that answer intact, and the server must stay healthy.
+fn ignore_body_server() -> portcullis::ServerHandle {
+    spawn_tls(|_req, _info| Response::new(Body::from("ignored\n")))
+}
+
+#[test]
+fn handler_ignoring_large_body_still_answers_http1() {
+    let handle = ignore_body_server();
+    let addr = addr(&handle);
+    let data = Bytes::from(pseudo_random(EIGHT_MIB, 8));
+    block_on(async move {
+        for round in 0..3 {
+            let mut client = Client::connect_tls(addr, Version::HTTP_11).await;
+            let reply = client
+                .post("/ignore", data.clone())
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(reply.text(), "ignored\n");
+        }
+        let reply = get_tls(addr, Version::HTTP_11, "/after").await;
+        assert_eq!(reply.status, StatusCode::OK);
+    });
+    let file = TempFile::new("ignored.bin", &pseudo_random(EIGHT_MIB, 9));
+    let upload = format!("@{}", file.as_str());
+    for _round in 0..3 {
+        for expect in ["Expect: 100-continue", "Expect:"] {
+            let reply = curl(
+                addr,
+                true,
+                "/ignore",
+                &["--http1.1", "-v", "--data-binary", &upload, "-H", expect],
+            );
+            assert_eq!(reply.status, 200, "curl {expect}: {}", reply.stderr);
+            assert_eq!(reply.body, b"ignored\n");
+            // The handler never reads, so the client is never invited to send the body.
+            assert!(
+                !reply.stderr.contains("< HTTP/1.1 100"),
+                "100 Continue sent for a body nobody reads:\n{}",
+                reply.stderr
+            );
+        }
+    }
+    stop(handle);
+}
+
+// HTTP/2 is tested with hyper only. The server sends the complete response, then
+// RST_STREAM(NO_ERROR) to stop the upload, as RFC 9113 section 8.1 allows ("clients MUST
+// NOT discard responses as a result"). curl 7.88.1 (the one on the test machine) discards
+// the response anyway and fails with "(92) Stream error in the HTTP/2 framing layer" -- and
+// with `-H 'Expect:'` it was seen spinning at 100% CPU after the server had gone -- a curl
+// bug, not a server one, so curl is left out here.
+#[test]
+fn handler_ignoring_large_body_still_answers_http2() {
+    let handle = ignore_body_server();
+    let addr = addr(&handle);
+    let data = Bytes::from(pseudo_random(EIGHT_MIB, 8));
+    block_on(async move {
+        let mut client = Client::connect_tls(addr, Version::HTTP_2).await;
+        for round in 0..3 {
+            let reply = client
+                .post("/ignore", data.clone())
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(reply.version, Version::HTTP_2);
+            assert_eq!(reply.text(), "ignored\n");
+        }
+        // The same connection still serves ordinary requests.
+        let reply = client.get("/after").await.expect("GET after");
+        assert_eq!(reply.status, StatusCode::OK);
+    });
+    stop(handle);
+}
+
+#[test]
+fn handler_reading_part_of_body_then_answering() {
+    // Reads the first 1 KiB of an 8 MiB upload, then answers with it.
+    let handle = spawn_tls(|mut req, _info| {
+        let mut head = vec![0u8; 1024];
+        match req.body_mut().read_exact(&mut head) {
+            Ok(()) => Response::new(Body::from(head)),
+            Err(e) => http::Response::builder()
+                .status(400)
+                .body(Body::from(format!("{e}")))
+                .expect("response"),
+        }
+    });
+    let addr = addr(&handle);
+    let data = Bytes::from(pseudo_random(EIGHT_MIB, 10));
+    block_on(async move {
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let mut client = Client::connect_tls(addr, version).await;
+            let reply = client
+                .post("/partial", data.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{version:?}: {e:?}"));
+            assert_eq!(reply.status, StatusCode::OK, "{version:?}");
+            assert_same_bytes(&reply.body, &data[..1024], "first KiB");
+        }
+    });
+    stop(handle);
+}
