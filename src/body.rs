@@ -11,6 +11,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 
@@ -131,12 +132,25 @@ impl Pipe {
         self.changed.notify_all();
     }
 
-    /// Blocking producer: waits for room, then queues the chunk. Fails when the consumer
-    /// (the connection) is gone.
-    pub(crate) fn push_blocking(&self, chunk: Bytes) -> io::Result<()> {
+    /// Blocking producer: waits for room (at most `timeout`), then queues the chunk. Fails
+    /// with `BrokenPipe` when the consumer (the connection) is gone and with `TimedOut`
+    /// when it took nothing for `timeout`.
+    pub(crate) fn push_blocking(&self, chunk: Bytes, timeout: Duration) -> io::Result<()> {
+        let give_up = Instant::now() + timeout;
         let mut state = self.lock();
         while state.buffered >= self.capacity && !state.consumer_gone {
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client took no response bytes within the send timeout",
+                ));
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         if state.consumer_gone {
             return Err(io::Error::new(
@@ -370,13 +384,22 @@ pub(crate) enum StreamSource {
 impl StreamSource {
     /// Reads the streamed body on the current (worker) thread into `pipe` until the end,
     /// an error, or the client leaving.
-    pub(crate) fn pump_into(mut body: Body, pipe: &Pipe) -> io::Result<u64> {
+    /// `send_timeout` bounds each wait for the client to take more.
+    pub(crate) fn pump_into(
+        mut body: Body,
+        pipe: &Pipe,
+        send_timeout: Duration,
+    ) -> io::Result<u64> {
         let mut sent = 0u64;
         loop {
             match body.next_chunk() {
                 Ok(Some(chunk)) => {
                     sent += chunk.len() as u64;
-                    pipe.push_blocking(chunk)?;
+                    if let Err(e) = pipe.push_blocking(chunk, send_timeout) {
+                        pipe.close_consumer();
+                        pipe.finish(Err(io::Error::new(e.kind(), e.to_string())));
+                        return Err(e);
+                    }
                 }
                 Ok(None) => {
                     pipe.finish(Ok(()));
@@ -490,7 +513,6 @@ impl From<()> for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn pipe_applies_backpressure_to_a_blocking_producer() {
@@ -499,7 +521,7 @@ mod tests {
             let pipe = pipe.clone();
             std::thread::spawn(move || {
                 for i in 0..10u8 {
-                    pipe.push_blocking(Bytes::from(vec![i; 4]))?;
+                    pipe.push_blocking(Bytes::from(vec![i; 4]), Duration::from_secs(10))?;
                 }
                 pipe.finish(Ok(()));
                 Ok::<_, io::Error>(())
@@ -534,10 +556,13 @@ mod tests {
     #[test]
     fn dropping_the_reader_releases_the_producer() {
         let pipe = Pipe::new(1);
-        pipe.push_blocking(Bytes::from_static(b"x")).unwrap();
+        pipe.push_blocking(Bytes::from_static(b"x"), Duration::from_secs(10))
+            .unwrap();
         let producer = {
             let pipe = pipe.clone();
-            std::thread::spawn(move || pipe.push_blocking(Bytes::from_static(b"y")))
+            std::thread::spawn(move || {
+                pipe.push_blocking(Bytes::from_static(b"y"), Duration::from_secs(10))
+            })
         };
         drop(Body::incoming(pipe));
         let err = producer.join().unwrap().unwrap_err();

@@ -37,6 +37,62 @@ pub struct Limits {
     /// (`client_header_timeout`).
     pub request_header_timeout: Duration,
 
+    /// How long a connection may stay open with no request in flight. An idle HTTP/2
+    /// connection gets GOAWAY, an idle HTTP/1 connection is closed.
+    ///
+    /// Default 75 s, as nginx (`keepalive_timeout`); Kestrel uses 130 s, Go its read
+    /// timeout. For HTTP/1 the [`request_header_timeout`](Limits::request_header_timeout)
+    /// also runs while a keep-alive connection waits for its next request (hyper arms it
+    /// as soon as it starts waiting for a head), so an idle HTTP/1 connection closes after
+    /// the shorter of the two.
+    pub idle_timeout: Duration,
+
+    /// Longest pause allowed while a request body is expected from the client (time the
+    /// handler takes to read does not count). A handler reading a body that stalls gets
+    /// an `io::Error` of kind `TimedOut` and the connection is closed.
+    ///
+    /// Default 60 s, as nginx (`client_body_timeout`).
+    pub request_body_timeout: Duration,
+
+    /// Slowest average rate, in bytes per second, at which a request body may arrive once
+    /// [`min_rate_grace`](Limits::min_rate_grace) has passed; only time spent waiting for
+    /// the client counts. Stops slow-POST ("R-U-Dead-Yet") attacks. 0 disables it.
+    ///
+    /// Default 240 bytes/s, as Kestrel (`MinRequestBodyDataRate`).
+    pub min_request_body_rate: u64,
+
+    /// Time before [`min_request_body_rate`](Limits::min_request_body_rate) applies.
+    ///
+    /// Default 5 s, as Kestrel.
+    pub min_rate_grace: Duration,
+
+    /// Request bodies whose `Content-Length` is at most this many bytes are read whole on
+    /// the reactor before the handler runs (as nginx buffers bodies for its backends), so a
+    /// slow client never holds a worker thread for them. Larger or unsized bodies stream
+    /// to the handler. Not applied to requests with `Expect: 100-continue`.
+    ///
+    /// Default 64 KiB.
+    pub buffered_body_limit: usize,
+
+    /// Longest time a response may wait for the client to take more bytes. A client that
+    /// stops reading is disconnected, and a worker streaming to it gets an error and is
+    /// freed.
+    ///
+    /// Default 60 s, as nginx (`send_timeout`, also measured between two writes);
+    /// Kestrel uses a minimum rate of 240 bytes/s instead.
+    pub send_timeout: Duration,
+
+    /// HTTP/2: send a PING after this long without frames from the client, and close the
+    /// connection if it is not answered within
+    /// [`http2_keep_alive_timeout`](Limits::http2_keep_alive_timeout).
+    ///
+    /// Default off, as Go (`ReadIdleTimeout`) and Kestrel (`KeepAlivePingDelay`); the idle
+    /// timeout already closes unused connections.
+    pub http2_keep_alive_interval: Option<Duration>,
+
+    /// HTTP/2: how long to wait for a PING's answer. Default 20 s, as Kestrel and Go.
+    pub http2_keep_alive_timeout: Duration,
+
     /// Longest request head accepted (request line and headers, HTTP/1); larger ones get
     /// `431 Request Header Fields Too Large`. For HTTP/2 it is the advertised
     /// `SETTINGS_MAX_HEADER_LIST_SIZE`.
@@ -51,7 +107,11 @@ pub struct Limits {
     pub max_request_headers: usize,
 
     /// Most streams a client may have open at once on one HTTP/2 connection
-    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`). It also caps the handlers running for one
+    /// connection: a client that resets streams cannot stop a handler that is already
+    /// blocking, so once that many handlers run, further requests get `503` and the
+    /// connection gets GOAWAY (Go's fix for CVE-2023-39325). Reset floods
+    /// (CVE-2023-44487, "rapid reset") are also cut by the h2 crate's own limits.
     ///
     /// Default 100, as Kestrel (`MaxStreamsPerConnection`); nginx uses 128, Go 250.
     pub max_concurrent_streams: u32,
@@ -95,6 +155,14 @@ impl Default for Limits {
         Limits {
             handshake_timeout: Duration::from_secs(10),
             request_header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            request_body_timeout: Duration::from_secs(60),
+            min_request_body_rate: 240,
+            min_rate_grace: Duration::from_secs(5),
+            buffered_body_limit: 64 * 1024,
+            send_timeout: Duration::from_secs(60),
+            http2_keep_alive_interval: None,
+            http2_keep_alive_timeout: Duration::from_secs(20),
             max_request_header_bytes: 32 * 1024,
             max_request_headers: 100,
             max_concurrent_streams: 100,

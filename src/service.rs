@@ -14,14 +14,18 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, Uri};
+use http_body::Body as _;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::body::{Body, Pipe, Room, StreamSource};
+use crate::conn::deadlines::{
+    AbortReason, BodyDeadline, BodyRate, ConnectionWatch, HandlerRunning, InFlight,
+};
 use crate::conn::{ConnectionInfo, Protocol, ServerContext};
 
 /// A request as a handler receives it: the `http` crate's type with a streaming [`Body`].
@@ -87,11 +91,50 @@ where
 pub(crate) struct Dispatch {
     ctx: Arc<ServerContext>,
     info: ConnectionInfo,
+    watch: Arc<ConnectionWatch>,
 }
 
 impl Dispatch {
-    pub(crate) fn new(ctx: Arc<ServerContext>, info: ConnectionInfo) -> Dispatch {
-        Dispatch { ctx, info }
+    pub(crate) fn new(
+        ctx: Arc<ServerContext>,
+        info: ConnectionInfo,
+        watch: Arc<ConnectionWatch>,
+    ) -> Dispatch {
+        Dispatch { ctx, info, watch }
+    }
+
+    fn body_rate(&self) -> BodyRate {
+        let limits = &self.ctx.limits;
+        BodyRate {
+            timeout: limits.request_body_timeout,
+            min_rate: limits.min_request_body_rate,
+            grace: limits.min_rate_grace,
+        }
+    }
+
+    /// Hands a request with its body to the worker pool.
+    fn submit(&self, request: Request, log: AccessLog, running: HandlerRunning) -> Arc<Slot> {
+        let slot = Arc::new(Slot::default());
+        let job = HandlerJob {
+            service: self.ctx.service.clone(),
+            request,
+            info: self.info.clone(),
+            sender: SlotSender(slot.clone()),
+            log,
+            _running: running,
+            watch: self.watch.clone(),
+            send_timeout: self.ctx.limits.send_timeout,
+        };
+        if self
+            .ctx
+            .pool
+            .try_execute(Box::new(move || job.run()))
+            .is_err()
+        {
+            // The job was dropped unrun: its sender already recorded the refusal.
+            tracing::warn!("all workers busy and the queue is full; answering 503");
+        }
+        slot
     }
 }
 
@@ -113,16 +156,9 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
     type Future = ResponseFuture;
 
     fn call(&self, request: http::Request<Incoming>) -> ResponseFuture {
-        let started = Instant::now();
+        let protocol = self.info.protocol();
         let (parts, incoming) = request.into_parts();
-        let mut log = AccessLog {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            status: StatusCode::OK,
-            started,
-            sent: 0,
-            request_body: None,
-        };
+        let mut log = AccessLog::new(&parts, self.watch.request_started());
         if let Some(problem) = malformed(&parts) {
             // As nginx and Go do; answered here, no worker involved.
             tracing::info!(problem, "bad request");
@@ -131,37 +167,55 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
             response
                 .headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            return ResponseFuture::ready(Outcome::Response(response), self.info.protocol());
+            return ResponseFuture::ready(Outcome::Response(response), protocol);
         }
-        let body = if http_body::Body::is_end_stream(&incoming) {
-            Body::empty()
-        } else {
-            let pipe = Pipe::new(PIPE_CAPACITY);
-            let expects_continue = parts
-                .headers
-                .get(http::header::EXPECT)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-            self.ctx.reactor.run_queue.spawn(Box::pin(pump_request_body(
-                incoming,
-                pipe.clone(),
-                expects_continue,
-                self.info.protocol(),
-            )));
-            log.request_body = Some(pipe.clone());
-            Body::incoming(pipe)
-        };
-        let request = http::Request::from_parts(parts, body);
-        let slot = Arc::new(Slot::default());
-        let sender = SlotSender(slot.clone());
-        let service = self.ctx.service.clone();
-        let info = self.info.clone();
-        let job = Box::new(move || run_handler(&*service, request, info, sender, log));
-        let protocol = self.info.protocol();
-        if self.ctx.pool.try_execute(job).is_err() {
-            // The job was dropped unrun: its sender already recorded the refusal.
-            tracing::warn!("all workers busy and the queue is full; answering 503");
+        let (running, handlers) = self.watch.handler_started();
+        if protocol == Protocol::Http2 && handlers > self.ctx.limits.max_concurrent_streams as usize
+        {
+            // More handlers than streams: the client reset streams whose handlers still
+            // run. Refuse without a worker; the connection gets GOAWAY.
+            self.watch.abort(AbortReason::TooManyHandlers);
+            return ResponseFuture::ready(Outcome::Refused(Some(log)), protocol);
         }
-        ResponseFuture { slot, protocol }
+        if http_body::Body::is_end_stream(&incoming) {
+            let request = http::Request::from_parts(parts, Body::empty());
+            return ResponseFuture::waiting(self.submit(request, log, running), protocol);
+        }
+        let expects_continue = parts
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let small = incoming
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= self.ctx.limits.buffered_body_limit as u64);
+        let deadline = BodyDeadline::new(self.body_rate(), &self.ctx.reactor.timers);
+        if small && !expects_continue {
+            return ResponseFuture {
+                state: State::Collecting(Box::new(Collecting {
+                    incoming,
+                    chunks: Vec::new(),
+                    deadline,
+                    parts: Some(parts),
+                    log: Some(log),
+                    running: Some(running),
+                    dispatch: self.clone(),
+                })),
+                protocol,
+            };
+        }
+        let pipe = Pipe::new(PIPE_CAPACITY);
+        self.ctx.reactor.run_queue.spawn(Box::pin(pump_request_body(
+            incoming,
+            pipe.clone(),
+            expects_continue,
+            protocol,
+            deadline,
+            self.watch.clone(),
+        )));
+        log.request_body = Some(pipe.clone());
+        let request = http::Request::from_parts(parts, Body::incoming(pipe));
+        ResponseFuture::waiting(self.submit(request, log, running), protocol)
     }
 }
 
@@ -179,50 +233,74 @@ fn malformed(parts: &http::request::Parts) -> Option<&'static str> {
     None
 }
 
-/// Runs on a worker: the handler, then (for streamed bodies) the body, to its end.
-fn run_handler(
-    service: &dyn Service,
+/// One handler call, as it runs on a worker.
+struct HandlerJob {
+    service: Arc<dyn Service>,
     request: Request,
     info: ConnectionInfo,
     sender: SlotSender,
-    mut log: AccessLog,
-) {
-    let span = tracing::info_span!("request", method = %log.method, path = log.uri.path());
-    let _entered = span.enter();
-    let response = match catch_unwind(AssertUnwindSafe(|| service.call(request, info))) {
-        Ok(response) => response,
-        Err(panic) => {
-            tracing::error!(panic = panic_message(&*panic), "handler panicked");
-            sender.send(Outcome::Panicked(log));
-            return;
-        }
-    };
-    let (parts, body) = response.into_parts();
-    log.status = parts.status;
-    match body.into_stream_source() {
-        StreamSource::Full(bytes) => {
-            let body = ResponseBody::full(bytes, log);
-            sender.send(Outcome::Response(http::Response::from_parts(parts, body)));
-        }
-        StreamSource::Stream(body) => {
-            let pipe = Pipe::new(PIPE_CAPACITY);
-            let response_body = ResponseBody::stream(pipe.clone(), log);
-            sender.send(Outcome::Response(http::Response::from_parts(
-                parts,
-                response_body,
-            )));
-            match catch_unwind(AssertUnwindSafe(|| StreamSource::pump_into(body, &pipe))) {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
-                    tracing::info!(%error, "response body ended early");
-                }
-                Err(panic) => {
-                    tracing::error!(
-                        panic = panic_message(&*panic),
-                        "response body reader panicked"
-                    );
-                    pipe.finish(Err(io::Error::other("response body reader panicked")));
-                }
+    log: AccessLog,
+    /// Counts against the connection's handlers until the job is done.
+    _running: HandlerRunning,
+    watch: Arc<ConnectionWatch>,
+    send_timeout: Duration,
+}
+
+impl HandlerJob {
+    /// The handler, then (for streamed bodies) the body, to its end.
+    fn run(self) {
+        let HandlerJob {
+            service,
+            request,
+            info,
+            sender,
+            mut log,
+            _running,
+            watch,
+            send_timeout,
+        } = self;
+        let span = tracing::info_span!("request", method = %log.method, path = log.uri.path());
+        let _entered = span.enter();
+        let response = match catch_unwind(AssertUnwindSafe(|| service.call(request, info))) {
+            Ok(response) => response,
+            Err(panic) => {
+                tracing::error!(panic = panic_message(&*panic), "handler panicked");
+                sender.send(Outcome::Panicked(log));
+                return;
+            }
+        };
+        let (parts, body) = response.into_parts();
+        log.status = parts.status;
+        let body = match body.into_stream_source() {
+            StreamSource::Full(bytes) => {
+                let body = ResponseBody::full(bytes, log);
+                sender.send(Outcome::Response(http::Response::from_parts(parts, body)));
+                return;
+            }
+            StreamSource::Stream(body) => body,
+        };
+        let pipe = Pipe::new(PIPE_CAPACITY);
+        let response_body = ResponseBody::stream(pipe.clone(), log);
+        sender.send(Outcome::Response(http::Response::from_parts(
+            parts,
+            response_body,
+        )));
+        let pumped = catch_unwind(AssertUnwindSafe(|| {
+            StreamSource::pump_into(body, &pipe, send_timeout)
+        }));
+        match pumped {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) if error.kind() == io::ErrorKind::TimedOut => {
+                tracing::info!(%error, "response not taken by the client");
+                watch.abort(AbortReason::SendStalled);
+            }
+            Ok(Err(error)) => tracing::info!(%error, "response body ended early"),
+            Err(panic) => {
+                tracing::error!(
+                    panic = panic_message(&*panic),
+                    "response body reader panicked"
+                );
+                pipe.finish(Err(io::Error::other("response body reader panicked")));
             }
         }
     }
@@ -239,7 +317,8 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
 }
 
 /// Reactor task: moves a request body from hyper into the pipe the handler reads, as
-/// fast as the handler reads it.
+/// fast as the handler reads it, under the body deadline (a stall or a rate below the
+/// minimum fails the body with `TimedOut` and closes the connection).
 ///
 /// When the handler drops a body it has not read to the end:
 /// - HTTP/1: the rest is read and discarded here (no worker involved), as nginx and
@@ -255,12 +334,17 @@ async fn pump_request_body(
     pipe: Arc<Pipe>,
     expects_continue: bool,
     protocol: Protocol,
+    mut deadline: BodyDeadline,
+    watch: Arc<ConnectionWatch>,
 ) {
     let mut discarding = false;
     let result = poll_fn(|cx| loop {
         if !discarding {
             match pipe.poll_room(cx, expects_continue) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    deadline.pause();
+                    return Poll::Pending;
+                }
                 Poll::Ready(Room::Available) => {}
                 Poll::Ready(Room::ConsumerGone { demanded }) => match protocol {
                     Protocol::Http2 => return pipe.poll_response_done(cx).map(Ok),
@@ -270,11 +354,20 @@ async fn pump_request_body(
             }
         }
         match Pin::new(&mut incoming).poll_frame(cx) {
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => {
+                if deadline.poll_expired(cx).is_ready() {
+                    watch.abort(AbortReason::BodyTooSlow);
+                    return Poll::Ready(Err(body_too_slow()));
+                }
+                return Poll::Pending;
+            }
             Poll::Ready(None) => return Poll::Ready(Ok(())),
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Ok(data), false) = (frame.into_data(), discarding) {
-                    pipe.push(data);
+                if let Ok(data) = frame.into_data() {
+                    deadline.received(data.len());
+                    if !discarding {
+                        pipe.push(data);
+                    }
                 }
             }
             Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(body_error(error))),
@@ -282,9 +375,16 @@ async fn pump_request_body(
     })
     .await;
     if let Err(error) = &result {
-        tracing::debug!(%error, "request body failed");
+        tracing::info!(%error, "request body failed");
     }
     pipe.finish(result);
+}
+
+fn body_too_slow() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the request body arrived too slowly (stalled, or below the minimum rate)",
+    )
 }
 
 fn body_error(error: hyper::Error) -> io::Error {
@@ -298,19 +398,58 @@ fn body_error(error: hyper::Error) -> io::Error {
     io::Error::new(kind, error)
 }
 
-use http_body::Body as _;
+/// A small request body being read whole on the reactor before the handler runs.
+struct Collecting {
+    incoming: Incoming,
+    chunks: Vec<Bytes>,
+    deadline: BodyDeadline,
+    parts: Option<http::request::Parts>,
+    log: Option<AccessLog>,
+    running: Option<HandlerRunning>,
+    dispatch: Dispatch,
+}
+
+impl Collecting {
+    /// The whole body, or the status to answer with instead.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, StatusCode>> {
+        loop {
+            match Pin::new(&mut self.incoming).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.deadline.received(data.len());
+                        self.chunks.push(data);
+                    }
+                }
+                Poll::Ready(None) => {
+                    return Poll::Ready(Ok(match self.chunks.len() {
+                        0 => Bytes::new(),
+                        1 => self.chunks.pop().unwrap_or_default(),
+                        _ => Bytes::from(self.chunks.concat()),
+                    }))
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::info!(error = %body_error(error), "request body failed");
+                    return Poll::Ready(Err(StatusCode::BAD_REQUEST));
+                }
+                Poll::Pending => {
+                    if self.deadline.poll_expired(cx).is_ready() {
+                        tracing::info!(error = %body_too_slow(), "request body failed");
+                        return Poll::Ready(Err(StatusCode::REQUEST_TIMEOUT));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
 
 /// How a handler call ended.
 enum Outcome {
     Response(http::Response<ResponseBody>),
     Panicked(AccessLog),
-    /// The job was dropped before it ran: the pool was full or shutting down.
-    Refused,
-}
-
-#[derive(Default)]
-struct Slot {
-    state: Mutex<SlotState>,
+    /// Shed: the pool was full or shutting down (the job was dropped unrun), or the
+    /// connection has too many handlers running.
+    Refused(Option<AccessLog>),
 }
 
 // The slot lives in its own `Arc`, allocated once per request; boxing the big variant
@@ -323,6 +462,11 @@ enum SlotState {
     WaitingWith(Waker),
     Done(Outcome),
     Taken,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
 }
 
 impl Slot {
@@ -351,71 +495,73 @@ impl SlotSender {
 
 impl Drop for SlotSender {
     fn drop(&mut self) {
-        self.put(Outcome::Refused);
+        self.put(Outcome::Refused(None));
     }
+}
+
+enum State {
+    Collecting(Box<Collecting>),
+    Waiting(Arc<Slot>),
+    Done,
 }
 
 /// The connection's end: resolves when the worker has the response head.
 pub(crate) struct ResponseFuture {
-    slot: Arc<Slot>,
+    state: State,
     protocol: Protocol,
 }
 
 impl ResponseFuture {
     fn ready(outcome: Outcome, protocol: Protocol) -> ResponseFuture {
+        let slot = Slot {
+            state: Mutex::new(SlotState::Done(outcome)),
+        };
+        ResponseFuture::waiting(Arc::new(slot), protocol)
+    }
+
+    fn waiting(slot: Arc<Slot>, protocol: Protocol) -> ResponseFuture {
         ResponseFuture {
-            slot: Arc::new(Slot {
-                state: Mutex::new(SlotState::Done(outcome)),
-            }),
+            state: State::Waiting(slot),
             protocol,
         }
     }
-}
 
-impl Future for ResponseFuture {
-    type Output = Result<http::Response<ResponseBody>, HandlerPanicked>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.slot.lock();
-        let outcome = match std::mem::replace(&mut *state, SlotState::Taken) {
-            SlotState::Done(outcome) => outcome,
+    fn poll_slot(&self, slot: &Slot, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut state = slot.lock();
+        match std::mem::replace(&mut *state, SlotState::Taken) {
+            SlotState::Done(outcome) => Poll::Ready(outcome),
             SlotState::WaitingWith(waker) if waker.will_wake(cx.waker()) => {
                 *state = SlotState::WaitingWith(waker);
-                return Poll::Pending;
+                Poll::Pending
             }
             SlotState::Waiting | SlotState::WaitingWith(_) => {
                 *state = SlotState::WaitingWith(cx.waker().clone());
-                return Poll::Pending;
+                Poll::Pending
             }
-            SlotState::Taken => return Poll::Pending,
-        };
-        drop(state);
+            SlotState::Taken => Poll::Pending,
+        }
+    }
+
+    fn answer(&self, outcome: Outcome) -> Result<http::Response<ResponseBody>, HandlerPanicked> {
         match outcome {
-            Outcome::Response(response) => Poll::Ready(Ok(response)),
-            Outcome::Panicked(mut log) => match self.protocol {
-                Protocol::Http1 => {
-                    log.status = StatusCode::INTERNAL_SERVER_ERROR;
-                    Poll::Ready(Ok(plain_response(
+            Outcome::Response(response) => Ok(response),
+            Outcome::Panicked(mut log) => {
+                log.status = StatusCode::INTERNAL_SERVER_ERROR;
+                match self.protocol {
+                    Protocol::Http1 => Ok(plain_response(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "500 Internal Server Error\n",
                         log,
-                    )))
+                    )),
+                    Protocol::Http2 => {
+                        log.finish("stream reset");
+                        Err(HandlerPanicked)
+                    }
                 }
-                Protocol::Http2 => {
-                    log.status = StatusCode::INTERNAL_SERVER_ERROR;
-                    log.finish("stream reset");
-                    Poll::Ready(Err(HandlerPanicked))
-                }
-            },
-            Outcome::Refused => {
-                let log = AccessLog {
-                    method: Method::GET,
-                    uri: Uri::default(),
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    started: Instant::now(),
-                    sent: 0,
-                    request_body: None,
-                };
+            }
+            Outcome::Refused(log) => {
+                let mut log = log.unwrap_or_else(AccessLog::unknown);
+                log.status = StatusCode::SERVICE_UNAVAILABLE;
                 let mut response = plain_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "503 Service Unavailable: the server is busy, retry shortly\n",
@@ -424,7 +570,74 @@ impl Future for ResponseFuture {
                 response
                     .headers_mut()
                     .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                Poll::Ready(Ok(response))
+                Ok(response)
+            }
+        }
+    }
+
+    /// Answers a body that could not be collected (400, 408) without a handler.
+    fn refuse_body(&self, status: StatusCode, mut log: AccessLog) -> http::Response<ResponseBody> {
+        log.status = status;
+        let text = if status == StatusCode::REQUEST_TIMEOUT {
+            "408 Request Timeout: the request body arrived too slowly\n"
+        } else {
+            "400 Bad Request: the request body was cut short\n"
+        };
+        let mut response = plain_response(status, text, log);
+        if self.protocol == Protocol::Http1 {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<ResponseBody>, HandlerPanicked>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Collecting(collecting) => {
+                    let body = match collecting.poll_body(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(body) => body,
+                    };
+                    let State::Collecting(collecting) =
+                        std::mem::replace(&mut this.state, State::Done)
+                    else {
+                        return Poll::Pending;
+                    };
+                    let Collecting {
+                        parts,
+                        log,
+                        running,
+                        dispatch,
+                        ..
+                    } = *collecting;
+                    let (Some(parts), Some(log), Some(running)) = (parts, log, running) else {
+                        return Poll::Pending;
+                    };
+                    match body {
+                        Ok(bytes) => {
+                            let request = http::Request::from_parts(parts, Body::from(bytes));
+                            this.state = State::Waiting(dispatch.submit(request, log, running));
+                        }
+                        Err(status) => return Poll::Ready(Ok(this.refuse_body(status, log))),
+                    }
+                }
+                State::Waiting(slot) => {
+                    let slot = slot.clone();
+                    let outcome = match this.poll_slot(&slot, cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(outcome) => outcome,
+                    };
+                    this.state = State::Done;
+                    return Poll::Ready(this.answer(outcome));
+                }
+                State::Done => return Poll::Pending,
             }
         }
     }
@@ -445,7 +658,8 @@ fn plain_response(
     response
 }
 
-/// One line of access log, written when the response body is done.
+/// One line of access log, written when the response body is done. It also holds the
+/// request's place among the connection's requests in flight.
 struct AccessLog {
     method: Method,
     uri: Uri,
@@ -454,17 +668,35 @@ struct AccessLog {
     sent: u64,
     /// The request body's pipe, told when the response is done.
     request_body: Option<Arc<Pipe>>,
-}
-
-impl Drop for AccessLog {
-    fn drop(&mut self) {
-        if let Some(pipe) = &self.request_body {
-            pipe.mark_response_done();
-        }
-    }
+    _in_flight: Option<InFlight>,
 }
 
 impl AccessLog {
+    fn new(parts: &http::request::Parts, in_flight: InFlight) -> AccessLog {
+        AccessLog {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            status: StatusCode::OK,
+            started: Instant::now(),
+            sent: 0,
+            request_body: None,
+            _in_flight: Some(in_flight),
+        }
+    }
+
+    /// For a request whose log went with a job that never ran.
+    fn unknown() -> AccessLog {
+        AccessLog {
+            method: Method::GET,
+            uri: Uri::default(),
+            status: StatusCode::OK,
+            started: Instant::now(),
+            sent: 0,
+            request_body: None,
+            _in_flight: None,
+        }
+    }
+
     fn finish(&self, outcome: &str) {
         tracing::info!(
             target: "portcullis::access",
@@ -475,6 +707,14 @@ impl AccessLog {
             duration_us = self.started.elapsed().as_micros() as u64,
             outcome,
         );
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        if let Some(pipe) = &self.request_body {
+            pipe.mark_response_done();
+        }
     }
 }
 

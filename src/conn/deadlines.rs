@@ -52,6 +52,9 @@ pub(crate) struct ConnectionWatch {
     write_stalled_since: AtomicU64,
     abort: Mutex<Option<AbortReason>>,
     aborted: AtomicBool,
+    /// Set while the connection task polls hyper: changes made then are seen right after,
+    /// so they need no wake-up.
+    polling: AtomicBool,
     /// The connection task, woken when something changes that moves a deadline.
     waker: Mutex<Option<Waker>>,
 }
@@ -66,6 +69,7 @@ impl ConnectionWatch {
             write_stalled_since: AtomicU64::new(0),
             abort: Mutex::new(None),
             aborted: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
             waker: Mutex::new(None),
         })
     }
@@ -92,6 +96,11 @@ impl ConnectionWatch {
             Some(current) if current.will_wake(waker) => {}
             _ => *slot = Some(waker.clone()),
         }
+    }
+
+    /// The connection task is (or is no longer) inside hyper's poll.
+    pub(crate) fn set_polling(&self, polling: bool) {
+        self.polling.store(polling, Ordering::Relaxed);
     }
 
     /// A request was handed over; the guard ends it when dropped.
@@ -169,7 +178,11 @@ impl Drop for InFlight {
             watch
                 .idle_since
                 .store(watch.nanos(Instant::now()), Ordering::Release);
-            watch.wake();
+            // An HTTP/1 response ends inside the connection's own poll, which arms the idle
+            // deadline right after; an HTTP/2 stream ends in its own task.
+            if !watch.polling.load(Ordering::Relaxed) {
+                watch.wake();
+            }
         }
     }
 }
@@ -237,9 +250,9 @@ impl BodyDeadline {
         let allowed = if self.rate.min_rate == 0 {
             Duration::MAX
         } else {
-            self.rate
-                .grace
-                .max(Duration::from_secs_f64(self.received as f64 / self.rate.min_rate as f64))
+            self.rate.grace.max(Duration::from_secs_f64(
+                self.received as f64 / self.rate.min_rate as f64,
+            ))
         };
         let by_rate = allowed
             .checked_sub(self.waited)

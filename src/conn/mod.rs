@@ -5,6 +5,7 @@
 //! request-body pumps are further tasks beside it. No worker thread is involved until a
 //! request exists, and none is held while the connection waits for the next one.
 
+pub(crate) mod deadlines;
 mod info;
 pub(crate) mod transport;
 
@@ -15,6 +16,7 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::{http1, http2};
 use mio::net::TcpStream;
@@ -27,7 +29,12 @@ use crate::server::Protocols;
 use crate::service::{Dispatch, Service};
 use crate::worker::WorkerPool;
 use crate::Limits;
+use deadlines::{AbortReason, ConnectionWatch};
 use transport::Transport;
+
+/// After GOAWAY for an idle or abusive HTTP/2 connection (or the idle close of an HTTP/1
+/// one), how long the connection may take to wind down before it is cut.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// hyper's own limit on HTTP/1 header fields.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
@@ -69,7 +76,9 @@ impl ServerContext {
         });
         h2.timer(timer)
             .max_concurrent_streams(limits.max_concurrent_streams)
-            .max_header_list_size(limits.max_request_header_bytes as u32);
+            .max_header_list_size(limits.max_request_header_bytes as u32)
+            .keep_alive_interval(limits.http2_keep_alive_interval)
+            .keep_alive_timeout(limits.http2_keep_alive_timeout);
         ServerContext {
             tls,
             protocols,
@@ -109,20 +118,28 @@ async fn run(ctx: Arc<ServerContext>, socket: TcpStream, peer: SocketAddr, local
         },
         None => None,
     };
-    let mut transport = Transport::new(socket, tls);
+    let watch = ConnectionWatch::new();
+    let mut transport = Transport::new(socket, tls, watch.clone());
     let Some(protocol) = open(&ctx, &mut transport).await else {
         return;
     };
     tracing::Span::current().record("protocol", tracing::field::display(protocol));
     let info = ConnectionInfo::new(peer, local, protocol, transport.tls());
-    let dispatch = Dispatch::new(ctx.clone(), info);
-    let result = match protocol {
-        Protocol::Http1 => drive(&ctx, ctx.http1.serve_connection(transport, dispatch)).await,
-        Protocol::Http2 => drive(&ctx, ctx.http2.serve_connection(transport, dispatch)).await,
+    let dispatch = Dispatch::new(ctx.clone(), info, watch.clone());
+    let end = match protocol {
+        Protocol::Http1 => {
+            let connection = ctx.http1.serve_connection(transport, dispatch);
+            drive(&ctx, &watch, connection).await
+        }
+        Protocol::Http2 => {
+            let connection = ctx.http2.serve_connection(transport, dispatch);
+            drive(&ctx, &watch, connection).await
+        }
     };
-    match result {
-        Ok(()) => tracing::debug!("connection closed"),
-        Err(error) => tracing::info!(%error, "connection ended with an error"),
+    match end {
+        End::Closed(Ok(())) => tracing::debug!("connection closed"),
+        End::Closed(Err(error)) => tracing::info!(%error, "connection ended with an error"),
+        End::Cut(reason) => tracing::info!(reason, "closing connection"),
     }
 }
 
@@ -188,18 +205,115 @@ impl GracefulShutdown for http2::Connection<Transport, Dispatch, Spawner> {
     }
 }
 
-/// Polls a hyper connection to its end; when the server begins to shut down, asks it to
-/// finish gracefully (GOAWAY for HTTP/2, `Connection: close` after the in-flight response
-/// for HTTP/1, an idle keep-alive connection closes at once).
-async fn drive<C: GracefulShutdown>(ctx: &ServerContext, connection: C) -> hyper::Result<()> {
+/// How a connection ended.
+enum End {
+    /// hyper finished it.
+    Closed(hyper::Result<()>),
+    /// A deadline or limit cut it.
+    Cut(&'static str),
+}
+
+/// Which deadline is next.
+#[derive(Clone, Copy)]
+enum Next {
+    Idle,
+    SendStalled,
+    CloseGrace,
+}
+
+/// Polls a hyper connection to its end, and enforces the connection's deadlines:
+/// - shutdown: asks hyper to finish gracefully (GOAWAY for HTTP/2, `Connection: close`
+///   after the in-flight response for HTTP/1, an idle keep-alive connection closes at
+///   once); the reactor's drain timeout bounds it;
+/// - idle timeout: no request in flight for [`Limits::idle_timeout`] → graceful close,
+///   cut after [`CLOSE_GRACE`];
+/// - send timeout: writes stalled on a full socket for [`Limits::send_timeout`] → cut;
+/// - aborts requested by request bodies (too slow) and workers (client not reading) → cut;
+///   too many handlers for one HTTP/2 connection → GOAWAY, cut after [`CLOSE_GRACE`].
+async fn drive<C: GracefulShutdown>(
+    ctx: &ServerContext,
+    watch: &ConnectionWatch,
+    connection: C,
+) -> End {
     let mut connection = pin!(connection);
     let mut graceful = false;
+    let mut cut_at: Option<Instant> = None;
+    let mut deadline = ctx.timer().deadline_in(ctx.limits.idle_timeout);
     poll_fn(|cx: &mut Context<'_>| {
-        if !graceful && ctx.reactor.is_shutting_down() {
-            graceful = true;
-            connection.as_mut().begin_graceful_shutdown();
+        watch.register(cx.waker());
+        let mut begin_graceful = |reason: Option<&str>| {
+            if !graceful {
+                graceful = true;
+                if let Some(reason) = reason {
+                    tracing::info!(reason, "closing connection gracefully");
+                }
+                connection.as_mut().begin_graceful_shutdown();
+            }
+        };
+        match watch.aborted() {
+            None => {}
+            Some(AbortReason::TooManyHandlers) => {
+                begin_graceful(Some(AbortReason::TooManyHandlers.as_str()));
+                cut_at.get_or_insert_with(|| Instant::now() + CLOSE_GRACE);
+            }
+            Some(reason) => return Poll::Ready(End::Cut(reason.as_str())),
         }
-        connection.as_mut().poll(cx)
+        if ctx.reactor.is_shutting_down() {
+            begin_graceful(None);
+        }
+        watch.set_polling(true);
+        let polled = connection.as_mut().poll(cx);
+        watch.set_polling(false);
+        if let Poll::Ready(result) = polled {
+            return Poll::Ready(End::Closed(result));
+        }
+        loop {
+            let now = Instant::now();
+            let mut next: Option<(Instant, Next)> = cut_at.map(|at| (at, Next::CloseGrace));
+            let mut consider = |at: Instant, what: Next| {
+                if next.is_none_or(|(earliest, _)| at < earliest) {
+                    next = Some((at, what));
+                }
+            };
+            if !graceful {
+                if let Some(since) = watch.idle_since() {
+                    consider(since + ctx.limits.idle_timeout, Next::Idle);
+                }
+            }
+            if let Some(since) = watch.write_stalled_since() {
+                consider(since + ctx.limits.send_timeout, Next::SendStalled);
+            }
+            let Some((at, what)) = next else {
+                return Poll::Pending;
+            };
+            if now >= at {
+                match what {
+                    Next::Idle => {
+                        graceful = true;
+                        tracing::debug!("idle timeout: closing connection");
+                        connection.as_mut().begin_graceful_shutdown();
+                        cut_at = Some(now + CLOSE_GRACE);
+                        // hyper may finish at once (an idle HTTP/1 connection does).
+                        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                            return Poll::Ready(End::Closed(result));
+                        }
+                        continue;
+                    }
+                    Next::SendStalled => {
+                        return Poll::Ready(End::Cut("send timeout: the client stopped reading"))
+                    }
+                    Next::CloseGrace => {
+                        return Poll::Ready(End::Cut("did not close within the grace period"))
+                    }
+                }
+            }
+            if deadline.at() != at {
+                deadline.reset(at);
+            }
+            if Pin::new(&mut deadline).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
     })
     .await
 }

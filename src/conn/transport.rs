@@ -9,12 +9,15 @@
 
 use std::io::{self, Read, Write};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use hyper::rt::ReadBufCursor;
 use mio::net::TcpStream;
 use rustls::ServerConnection;
+
+use super::deadlines::ConnectionWatch;
 
 /// The HTTP/2 connection preface a client with prior knowledge (h2c) starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -26,6 +29,8 @@ pub(crate) struct Transport {
     /// Bytes already read while sniffing for the h2c preface, served before the socket.
     sniffed: Bytes,
     close_notify_sent: bool,
+    /// Told when writes stall on a full socket and when they move again (send timeout).
+    watch: Arc<ConnectionWatch>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -33,12 +38,17 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 impl Transport {
-    pub(crate) fn new(socket: TcpStream, tls: Option<ServerConnection>) -> Transport {
+    pub(crate) fn new(
+        socket: TcpStream,
+        tls: Option<ServerConnection>,
+        watch: Arc<ConnectionWatch>,
+    ) -> Transport {
         Transport {
             socket,
             tls: tls.map(Box::new),
             sniffed: Bytes::new(),
             close_notify_sent: false,
+            watch,
         }
     }
 
@@ -120,8 +130,11 @@ impl Transport {
         while tls.wants_write() {
             match tls.write_tls(&mut self.socket) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(_) => {}
-                Err(e) if would_block(&e) => return Poll::Pending,
+                Ok(_) => self.watch.write_progressed(),
+                Err(e) if would_block(&e) => {
+                    self.watch.write_stalled();
+                    return Poll::Pending;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -220,8 +233,14 @@ impl hyper::rt::Write for Transport {
         loop {
             let Some(tls) = this.tls.as_deref_mut() else {
                 return match this.socket.write(buf) {
-                    Ok(n) => Poll::Ready(Ok(n)),
-                    Err(e) if would_block(&e) => Poll::Pending,
+                    Ok(n) => {
+                        this.watch.write_progressed();
+                        Poll::Ready(Ok(n))
+                    }
+                    Err(e) if would_block(&e) => {
+                        this.watch.write_stalled();
+                        Poll::Pending
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => Poll::Ready(Err(e)),
                 };

@@ -113,6 +113,11 @@ impl Deadline {
         }
     }
 
+    /// When it fires.
+    pub(crate) fn at(&self) -> Instant {
+        self.at
+    }
+
     /// Moves the deadline; the next poll registers the new instant.
     pub(crate) fn reset(&mut self, at: Instant) {
         if let Some(key) = self.key.take() {
