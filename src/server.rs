@@ -183,6 +183,10 @@ impl Server {
     }
 
     /// Starts serving a [`Service`] on a background reactor thread.
+    ///
+    /// Like Go's runtime, this raises the process's soft limit on open files
+    /// (`RLIMIT_NOFILE`) to its hard limit, so that the default soft limit of 1024 does not
+    /// cap the server at a thousand connections.
     pub fn spawn_service<S: Service>(self, service: S) -> io::Result<ServerHandle> {
         if self.listeners.is_empty() {
             return Err(io::Error::new(
@@ -192,6 +196,7 @@ impl Server {
         }
         let local_addrs = self.local_addrs();
         let limits = self.limits;
+        raise_open_file_limit();
         let reactor = Reactor::new(
             self.listeners,
             ReactorConfig {
@@ -235,6 +240,33 @@ impl Server {
             local_addrs,
             thread: Some(thread),
         })
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, as Go's runtime does since
+/// Go 1.19: Linux's default soft limit of 1024 would cap the server at about a thousand
+/// connections, far below [`Limits::max_connections`].
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` only writes to the valid, exclusively borrowed `limit`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let soft = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: `setrlimit` only reads the valid `limit`.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        tracing::debug!(
+            from = soft,
+            to = limit.rlim_max,
+            "raised the open-file limit"
+        );
     }
 }
 

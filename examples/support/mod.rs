@@ -1,5 +1,5 @@
 //! Flags shared by the examples: `--addr`, `--cert`, `--key`, `--plain`,
-//! `--max-workers N`, `--http1-only`, `--http2-only`.
+//! `--max-workers N`, `--http1-only`, `--http2-only`, and the common limits (`--help`).
 
 use std::time::Duration;
 
@@ -27,8 +27,13 @@ flags:
   --http2-only             speak only HTTP/2
   --max-workers N          worker threads at most (default 512)
   --max-connections N      open connections at most (default 10000)
+  --max-queued N           requests waiting for a worker before 503 (default 1024)
   --handshake-timeout SECS TLS handshake deadline (default 10)
   --header-timeout SECS    request header deadline (default 30)
+  --idle-timeout SECS      keep-alive idle deadline (default 75)
+  --body-timeout SECS      longest pause in a request body (default 60)
+  --min-body-rate BYTES    slowest request body rate after 5 s, bytes/s (default 240)
+  --send-timeout SECS      longest wait for the client to read (default 60)
   --drain-timeout SECS     graceful shutdown deadline (default 30)";
 
 impl Args {
@@ -58,7 +63,14 @@ impl Args {
                 "--http2-only" => args.protocols = Protocols::Http2Only,
                 "--max-workers" => args.limits.max_workers = number(&flag, &value()),
                 "--max-connections" => args.limits.max_connections = number(&flag, &value()),
+                "--max-queued" => args.limits.max_queued_requests = number(&flag, &value()),
                 "--handshake-timeout" => args.limits.handshake_timeout = seconds(&flag, &value()),
+                "--idle-timeout" => args.limits.idle_timeout = seconds(&flag, &value()),
+                "--body-timeout" => args.limits.request_body_timeout = seconds(&flag, &value()),
+                "--min-body-rate" => {
+                    args.limits.min_request_body_rate = number(&flag, &value()) as u64
+                }
+                "--send-timeout" => args.limits.send_timeout = seconds(&flag, &value()),
                 "--header-timeout" => args.limits.request_header_timeout = seconds(&flag, &value()),
                 "--drain-timeout" => args.limits.drain_timeout = seconds(&flag, &value()),
                 "-h" | "--help" => {
