@@ -97,7 +97,10 @@ pub(crate) struct Reactor {
     /// Set after EMFILE/ENFILE: accepting resumes at this instant.
     accept_paused_until: Option<Instant>,
     drain_deadline: Option<Instant>,
+    /// Tasks made ready by I/O events, to poll next.
     ready: Vec<Arc<TaskId>>,
+    /// Scratch buffers of `run_tasks`.
+    polling: Vec<Arc<TaskId>>,
     spawned: Vec<BoxFuture>,
 }
 
@@ -137,6 +140,7 @@ impl Reactor {
             accept_paused_until: None,
             drain_deadline: None,
             ready: Vec::new(),
+            polling: Vec::new(),
             spawned: Vec::new(),
         })
     }
@@ -284,8 +288,7 @@ impl Reactor {
         if let Err(error) = socket.set_nodelay(true) {
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
         }
-        let entry = self.tasks.vacant_entry();
-        let key = entry.key();
+        let key = self.tasks.vacant_key();
         // Registered under the task's key before anything can make it ready, and the task
         // is polled right below, so a request already in the socket is never missed.
         if let Err(error) = self.poll.registry().register(
@@ -300,34 +303,32 @@ impl Reactor {
             return;
         };
         let future = new_connection(socket, peer, local_addr);
+        self.connections += 1;
+        self.start_task(future, true);
+    }
+
+    /// Adds a task under the slab's next vacant key and polls it once.
+    fn start_task(&mut self, future: BoxFuture, is_connection: bool) {
+        let key = self.tasks.vacant_key();
         let id = TaskId::new(key, &self.handle.run_queue);
-        entry.insert(Task {
+        self.tasks.insert(Task {
             waker: Waker::from(id.clone()),
             id,
             future,
-            is_connection: true,
+            is_connection,
         });
-        self.connections += 1;
         self.poll_task(key);
     }
 
     /// Polls every ready and newly spawned task, a bounded number of rounds.
     fn run_tasks(&mut self) {
-        let mut ready = Vec::new();
-        let mut spawned = Vec::new();
+        // Both buffers are kept across calls, so the hot path does not allocate.
+        let mut ready = std::mem::take(&mut self.polling);
+        let mut spawned = std::mem::take(&mut self.spawned);
         for _ in 0..TASK_ROUNDS_PER_POLL {
             self.handle.run_queue.take_spawned(&mut spawned);
             for future in spawned.drain(..) {
-                let entry = self.tasks.vacant_entry();
-                let key = entry.key();
-                let id = TaskId::new(key, &self.handle.run_queue);
-                entry.insert(Task {
-                    waker: Waker::from(id.clone()),
-                    id,
-                    future,
-                    is_connection: false,
-                });
-                self.poll_task(key);
+                self.start_task(future, false);
             }
             std::mem::swap(&mut ready, &mut self.ready);
             self.handle.run_queue.take_ready(&mut self.ready);
@@ -346,6 +347,8 @@ impl Reactor {
                 }
             }
         }
+        ready.clear();
+        self.polling = ready;
         self.spawned = spawned;
     }
 
