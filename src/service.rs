@@ -167,7 +167,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
             response
                 .headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            return ResponseFuture::ready(Outcome::Response(response), protocol);
+            return self.ready(Outcome::Response(response));
         }
         let (running, handlers) = self.watch.handler_started();
         if protocol == Protocol::Http2 && handlers > self.ctx.limits.max_concurrent_streams as usize
@@ -175,11 +175,11 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
             // More handlers than streams: the client reset streams whose handlers still
             // run. Refuse without a worker; the connection gets GOAWAY.
             self.watch.abort(AbortReason::TooManyHandlers);
-            return ResponseFuture::ready(Outcome::Refused(Some(log)), protocol);
+            return self.ready(Outcome::Refused(Some(log)));
         }
         if http_body::Body::is_end_stream(&incoming) {
             let request = http::Request::from_parts(parts, Body::empty());
-            return ResponseFuture::waiting(self.submit(request, log, running), protocol);
+            return self.waiting(self.submit(request, log, running));
         }
         let expects_continue = parts
             .headers
@@ -191,18 +191,15 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
             .is_some_and(|n| n <= self.ctx.limits.buffered_body_limit as u64);
         let deadline = BodyDeadline::new(self.body_rate(), &self.ctx.reactor.timers);
         if small && !expects_continue {
-            return ResponseFuture {
-                state: State::Collecting(Box::new(Collecting {
-                    incoming,
-                    chunks: Vec::new(),
-                    deadline,
-                    parts: Some(parts),
-                    log: Some(log),
-                    running: Some(running),
-                    dispatch: self.clone(),
-                })),
-                protocol,
-            };
+            return self.response_future(State::Collecting(Box::new(Collecting {
+                incoming,
+                chunks: Vec::new(),
+                deadline,
+                parts: Some(parts),
+                log: Some(log),
+                running: Some(running),
+                dispatch: self.clone(),
+            })));
         }
         let pipe = Pipe::new(PIPE_CAPACITY);
         self.ctx.reactor.run_queue.spawn(Box::pin(pump_request_body(
@@ -215,7 +212,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
         )));
         log.request_body = Some(pipe.clone());
         let request = http::Request::from_parts(parts, Body::incoming(pipe));
-        ResponseFuture::waiting(self.submit(request, log, running), protocol)
+        self.waiting(self.submit(request, log, running))
     }
 }
 
@@ -261,6 +258,14 @@ impl HandlerJob {
         } = self;
         let span = tracing::info_span!("request", method = %log.method, path = log.uri.path());
         let _entered = span.enter();
+        if sender.is_abandoned() {
+            // The stream was reset or the connection closed while the job waited for a
+            // worker: nobody can receive the response, so the handler does not run. (A
+            // handler already running cannot be stopped; this keeps a reset flood from
+            // queueing work for the pool.)
+            tracing::debug!("request cancelled before a worker took it");
+            return;
+        }
         let response = match catch_unwind(AssertUnwindSafe(|| service.call(request, info))) {
             Ok(response) => response,
             Err(panic) => {
@@ -480,6 +485,11 @@ impl Slot {
 struct SlotSender(Arc<Slot>);
 
 impl SlotSender {
+    /// Whether the connection dropped its end (the response future) already.
+    fn is_abandoned(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+    }
+
     fn send(self, outcome: Outcome) {
         self.put(outcome);
         std::mem::forget(self);
@@ -509,23 +519,43 @@ enum State {
 pub(crate) struct ResponseFuture {
     state: State,
     protocol: Protocol,
+    /// Told whether the request was answered or abandoned (reset-flood detection).
+    watch: Arc<ConnectionWatch>,
+    /// `max_concurrent_streams`: abandoned requests tolerated before the ratio applies.
+    reset_allowance: usize,
 }
 
-impl ResponseFuture {
-    fn ready(outcome: Outcome, protocol: Protocol) -> ResponseFuture {
+impl Drop for ResponseFuture {
+    fn drop(&mut self) {
+        if !matches!(self.state, State::Done) && self.protocol == Protocol::Http2 {
+            self.watch.request_abandoned(self.reset_allowance);
+        }
+    }
+}
+
+impl Dispatch {
+    fn ready(&self, outcome: Outcome) -> ResponseFuture {
         let slot = Slot {
             state: Mutex::new(SlotState::Done(outcome)),
         };
-        ResponseFuture::waiting(Arc::new(slot), protocol)
+        self.waiting(Arc::new(slot))
     }
 
-    fn waiting(slot: Arc<Slot>, protocol: Protocol) -> ResponseFuture {
+    fn waiting(&self, slot: Arc<Slot>) -> ResponseFuture {
+        self.response_future(State::Waiting(slot))
+    }
+
+    fn response_future(&self, state: State) -> ResponseFuture {
         ResponseFuture {
-            state: State::Waiting(slot),
-            protocol,
+            state,
+            protocol: self.info.protocol(),
+            watch: self.watch.clone(),
+            reset_allowance: self.ctx.limits.max_concurrent_streams as usize,
         }
     }
+}
 
+impl ResponseFuture {
     fn poll_slot(&self, slot: &Slot, cx: &mut Context<'_>) -> Poll<Outcome> {
         let mut state = slot.lock();
         match std::mem::replace(&mut *state, SlotState::Taken) {
@@ -625,7 +655,10 @@ impl Future for ResponseFuture {
                             let request = http::Request::from_parts(parts, Body::from(bytes));
                             this.state = State::Waiting(dispatch.submit(request, log, running));
                         }
-                        Err(status) => return Poll::Ready(Ok(this.refuse_body(status, log))),
+                        Err(status) => {
+                            this.watch.request_answered();
+                            return Poll::Ready(Ok(this.refuse_body(status, log)));
+                        }
                     }
                 }
                 State::Waiting(slot) => {
@@ -635,6 +668,7 @@ impl Future for ResponseFuture {
                         Poll::Ready(outcome) => outcome,
                     };
                     this.state = State::Done;
+                    this.watch.request_answered();
                     return Poll::Ready(this.answer(outcome));
                 }
                 State::Done => return Poll::Pending,

@@ -26,6 +26,8 @@ pub(crate) enum AbortReason {
     /// HTTP/2: more handlers running than streams allowed (the client reset streams whose
     /// handlers still run: rapid reset).
     TooManyHandlers,
+    /// HTTP/2: the client reset more requests than it let finish (rapid reset).
+    ResetFlood,
 }
 
 impl AbortReason {
@@ -34,6 +36,7 @@ impl AbortReason {
             AbortReason::BodyTooSlow => "request body too slow",
             AbortReason::SendStalled => "client stopped reading the response",
             AbortReason::TooManyHandlers => "too many handlers in flight (streams reset)",
+            AbortReason::ResetFlood => "client reset more requests than it let finish",
         }
     }
 }
@@ -46,6 +49,11 @@ pub(crate) struct ConnectionWatch {
     in_flight: AtomicUsize,
     /// Handler jobs running on workers for this connection.
     handlers: AtomicUsize,
+    /// Requests whose response was delivered to hyper.
+    answered: AtomicUsize,
+    /// Requests dropped by hyper before their response was ready (stream reset,
+    /// connection gone).
+    abandoned: AtomicUsize,
     /// When `in_flight` last fell to zero (ns since `epoch`).
     idle_since: AtomicU64,
     /// When writes began to wait for the socket (ns since `epoch` + 1), 0 when flowing.
@@ -65,6 +73,8 @@ impl ConnectionWatch {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
             handlers: AtomicUsize::new(0),
+            answered: AtomicUsize::new(0),
+            abandoned: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             write_stalled_since: AtomicU64::new(0),
             abort: Mutex::new(None),
@@ -114,6 +124,20 @@ impl ConnectionWatch {
     pub(crate) fn handler_started(self: &Arc<Self>) -> (HandlerRunning, usize) {
         let running = self.handlers.fetch_add(1, Ordering::AcqRel) + 1;
         (HandlerRunning(self.clone()), running)
+    }
+
+    /// A response was handed to hyper.
+    pub(crate) fn request_answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request was dropped before its response was ready. Once a connection has
+    /// abandoned at least `limit` requests and more than it let finish, it is a reset flood.
+    pub(crate) fn request_abandoned(&self, limit: usize) {
+        let abandoned = self.abandoned.fetch_add(1, Ordering::Relaxed) + 1;
+        if abandoned >= limit && abandoned > self.answered.load(Ordering::Relaxed) {
+            self.abort(AbortReason::ResetFlood);
+        }
     }
 
     /// When the connection became idle (no request in flight), if it is idle.

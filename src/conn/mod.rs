@@ -229,7 +229,8 @@ enum Next {
 ///   cut after [`CLOSE_GRACE`];
 /// - send timeout: writes stalled on a full socket for [`Limits::send_timeout`] → cut;
 /// - aborts requested by request bodies (too slow) and workers (client not reading) → cut;
-///   too many handlers for one HTTP/2 connection → GOAWAY, cut after [`CLOSE_GRACE`].
+///   too many handlers for one HTTP/2 connection, or more requests reset than finished
+///   (rapid reset) → GOAWAY, cut after [`CLOSE_GRACE`].
 async fn drive<C: GracefulShutdown>(
     ctx: &ServerContext,
     watch: &ConnectionWatch,
@@ -252,8 +253,8 @@ async fn drive<C: GracefulShutdown>(
         };
         match watch.aborted() {
             None => {}
-            Some(AbortReason::TooManyHandlers) => {
-                begin_graceful(Some(AbortReason::TooManyHandlers.as_str()));
+            Some(reason @ (AbortReason::TooManyHandlers | AbortReason::ResetFlood)) => {
+                begin_graceful(Some(reason.as_str()));
                 cut_at.get_or_insert_with(|| Instant::now() + CLOSE_GRACE);
             }
             Some(reason) => return Poll::Ready(End::Cut(reason.as_str())),

@@ -1,0 +1,1269 @@
+//! Timeouts and limits against misbehaving clients: silent and stalled handshakes,
+//! slowloris headers, idle keep-alive connections, slow request bodies, clients that stop
+//! reading, the connection limit, load shedding, oversized heads, missing `Host`, HTTP/2
+//! rapid reset and HTTP/2 keep-alive pings.
+//!
+//! Every limit is set short so that the suite runs in seconds; every wait is bounded, and
+//! timing windows are generous (a shared, noisy machine) but still able to fail.
+
+mod common;
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hyper::{StatusCode, Version};
+use portcullis::{Body, ConnectionInfo, Limits, Request, Response, ServerHandle};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+fn spawn_limited<F>(limits: Limits, handler: F) -> ServerHandle
+where
+    F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
+{
+    tls_server()
+        .limits(limits)
+        .spawn(handler)
+        .expect("spawn server")
+}
+
+/// Answers at once with `ok <path>`.
+fn ok_handler(req: Request, _info: ConnectionInfo) -> Response {
+    Response::new(Body::from(format!("ok {}", req.uri().path())))
+}
+
+/// Polls `cond` every few milliseconds for up to `limit`.
+async fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// What a client saw until the server closed the connection.
+struct Closed {
+    /// The first bytes received (at most 1 MiB is kept).
+    received: Vec<u8>,
+    /// Every byte received.
+    total: u64,
+    /// When the close (EOF or error) was seen.
+    at: Instant,
+    /// "EOF" or the read error.
+    how: String,
+}
+
+/// Reads until EOF or a read error, for at most `limit` (panics with `what` after that).
+async fn read_until_closed<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+    what: &str,
+) -> Closed {
+    let mut received = Vec::new();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let how = within(limit, what, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return "EOF".to_string(),
+                Ok(n) => {
+                    total += n as u64;
+                    if received.len() < 1 << 20 {
+                        received.extend_from_slice(&buf[..n]);
+                    }
+                }
+                Err(e) => return format!("error: {e}"),
+            }
+        }
+    })
+    .await;
+    Closed {
+        received,
+        total,
+        at: Instant::now(),
+        how,
+    }
+}
+
+/// The status code of a raw HTTP/1.x response.
+fn status_of(response: &[u8]) -> Option<u16> {
+    let line = std::str::from_utf8(response.get(..12)?).ok()?;
+    line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
+}
+
+fn head_of(response: &[u8]) -> String {
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(response.len().min(200));
+    String::from_utf8_lossy(&response[..end]).into_owned()
+}
+
+/// Sends `request` raw over a new TLS (HTTP/1.1 by ALPN) connection and reads until the
+/// server closes.
+async fn raw_h1_exchange(addr: SocketAddr, request: &[u8]) -> Closed {
+    let mut stream = tls_connect(addr, ALPN_H1).await.expect("TLS connect (h1)");
+    stream.write_all(request).await.expect("write request");
+    stream.flush().await.expect("flush request");
+    read_until_closed(
+        &mut stream,
+        Duration::from_secs(5),
+        "the server to answer and close",
+    )
+    .await
+}
+
+/// Closes a hyper client connection now (drops its socket).
+fn close_client(mut client: Client) {
+    client.conn_task().abort();
+    drop(client);
+}
+
+// Raw HTTP/2 frames -----------------------------------------------------------------------
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const CANCEL: u32 = 0x8;
+const MAX_FRAME: usize = 16_384;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() <= MAX_FRAME);
+    let mut out = Vec::with_capacity(9 + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+impl Frame {
+    /// GOAWAY's last stream id and error code.
+    fn goaway(&self) -> (u32, u32) {
+        let word = |i: usize| {
+            u32::from_be_bytes([
+                self.payload[i],
+                self.payload[i + 1],
+                self.payload[i + 2],
+                self.payload[i + 3],
+            ])
+        };
+        (word(0) & 0x7fff_ffff, word(4))
+    }
+
+    /// RST_STREAM's error code.
+    fn reset_code(&self) -> u32 {
+        u32::from_be_bytes([
+            self.payload[0],
+            self.payload[1],
+            self.payload[2],
+            self.payload[3],
+        ])
+    }
+}
+
+async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> io::Result<Frame> {
+    let mut head = [0u8; 9];
+    reader.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0; len];
+    reader.read_exact(&mut payload).await?;
+    Ok(Frame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    })
+}
+
+/// An HPACK integer with an N-bit prefix (RFC 7541 §5.1).
+fn hpack_int(out: &mut Vec<u8>, prefix_bits: u8, flags: u8, mut value: usize) {
+    let max = (1usize << prefix_bits) - 1;
+    if value < max {
+        out.push(flags | value as u8);
+        return;
+    }
+    out.push(flags | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+/// `GET https://<authority>/` as an HPACK block: static-table indexes and one literal.
+fn hpack_get(authority: &str) -> Vec<u8> {
+    // :method GET, :path /, :scheme https.
+    let mut block = vec![0x82, 0x84, 0x87];
+    // :authority: literal without indexing, indexed name 1.
+    hpack_int(&mut block, 4, 0x00, 1);
+    hpack_int(&mut block, 7, 0x00, authority.len());
+    block.extend_from_slice(authority.as_bytes());
+    block
+}
+
+/// Appends a literal header field without indexing, new name.
+fn hpack_literal(block: &mut Vec<u8>, name: &str, value: &[u8]) {
+    block.push(0x00);
+    hpack_int(block, 7, 0x00, name.len());
+    block.extend_from_slice(name.as_bytes());
+    hpack_int(block, 7, 0x00, value.len());
+    block.extend_from_slice(value);
+}
+
+/// A header block as HEADERS (with END_STREAM) plus CONTINUATION frames.
+fn headers_frames(stream: u32, block: &[u8]) -> Vec<u8> {
+    let chunks: Vec<&[u8]> = block.chunks(MAX_FRAME).collect();
+    let mut out = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len();
+        let end_headers = if last { END_HEADERS } else { 0 };
+        if i == 0 {
+            out.extend(frame(HEADERS, END_STREAM | end_headers, stream, chunk));
+        } else {
+            out.extend(frame(CONTINUATION, end_headers, stream, chunk));
+        }
+    }
+    out
+}
+
+/// HPACK's Huffman code (RFC 7541 Appendix B) for the digits, as (code, bits).
+const HUFFMAN_DIGITS: [(u32, u32); 10] = [
+    (0x0, 5),
+    (0x1, 5),
+    (0x2, 5),
+    (0x19, 6),
+    (0x1a, 6),
+    (0x1b, 6),
+    (0x1c, 6),
+    (0x1d, 6),
+    (0x1e, 6),
+    (0x1f, 6),
+];
+
+/// A three-digit status as an HPACK string literal, Huffman-coded.
+fn huffman_status(status: u16) -> Vec<u8> {
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for digit in status.to_string().bytes() {
+        let (code, len) = HUFFMAN_DIGITS[(digit - b'0') as usize];
+        acc = (acc << len) | code;
+        bits += len;
+    }
+    // Pad with the most significant bits of EOS (all ones) to whole bytes.
+    let pad = (8 - bits % 8) % 8;
+    acc = (acc << pad) | ((1 << pad) - 1);
+    bits += pad;
+    let bytes: Vec<u8> = (0..bits / 8)
+        .rev()
+        .map(|i| (acc >> (i * 8)) as u8)
+        .collect();
+    let mut out = vec![0x80 | bytes.len() as u8];
+    out.extend(bytes);
+    out
+}
+
+/// The `:status` of a response HEADERS block from a fresh HPACK context: the first field,
+/// either indexed (static table 8..=14) or a literal with the indexed name 8.
+fn response_status(block: &[u8]) -> Option<u16> {
+    const STATIC: [u16; 7] = [200, 204, 206, 304, 400, 404, 500];
+    let first = *block.first()?;
+    if (0x88..=0x8e).contains(&first) {
+        return Some(STATIC[(first - 0x88) as usize]);
+    }
+    // Literal with incremental indexing (0x48), without indexing (0x08), never indexed (0x18).
+    if ![0x48, 0x08, 0x18].contains(&first) {
+        return None;
+    }
+    let value = &block[1..];
+    (100..600).find(|&status: &u16| {
+        let plain: Vec<u8> = [&[3u8][..], status.to_string().as_bytes()].concat();
+        value.starts_with(&plain) || value.starts_with(&huffman_status(status))
+    })
+}
+
+/// TLS with ALPN h2, the client preface and an empty SETTINGS, then the server's SETTINGS
+/// acknowledged: a raw HTTP/2 connection ready for frames.
+async fn h2_open(addr: SocketAddr) -> TlsStream<TcpStream> {
+    let mut stream = tls_connect(addr, ALPN_H2).await.expect("TLS connect (h2)");
+    assert_eq!(negotiated_alpn(&stream).as_deref(), Some(&b"h2"[..]));
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    stream.write_all(&hello).await.expect("write preface");
+    loop {
+        let frame = within(
+            Duration::from_secs(5),
+            "the server's SETTINGS",
+            read_frame(&mut stream),
+        )
+        .await
+        .expect("read the server's SETTINGS");
+        if frame.kind == SETTINGS && frame.flags & ACK == 0 {
+            break;
+        }
+    }
+    stream
+        .write_all(&frame(SETTINGS, ACK, 0, &[]))
+        .await
+        .expect("write SETTINGS ACK");
+    stream
+}
+
+// ---------------------------------------------------------------------------------------
+// 1, 2: handshake deadline
+// ---------------------------------------------------------------------------------------
+
+fn handshake_limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.handshake_timeout = Duration::from_millis(500);
+    limits
+}
+
+fn assert_handshake_close(what: &str, connected: Instant, closed: &Closed) {
+    let elapsed = closed.at - connected;
+    eprintln!(
+        "{what}: closed after {elapsed:?} ({}), server sent {:02x?}",
+        closed.how, closed.received
+    );
+    if let Some(&first) = closed.received.first() {
+        assert_eq!(first, 0x15, "{what}: expected nothing or a TLS alert");
+    }
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "{what}: closed after {elapsed:?}, before the 500 ms handshake timeout"
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "{what}: closed only after {elapsed:?} with a 500 ms handshake timeout"
+    );
+}
+
+#[test]
+fn silent_tcp_connection_is_closed_at_the_handshake_deadline() {
+    let handle = spawn_limited(handshake_limits(), ok_handler);
+    let addr = addr(&handle);
+    block_on(async move {
+        let mut stream = tcp(addr).await.expect("connect");
+        let connected = Instant::now();
+        let closed = read_until_closed(&mut stream, Duration::from_secs(5), "the close").await;
+        assert_handshake_close("silent client", connected, &closed);
+        // Others are still served.
+        assert_eq!(
+            get_tls(addr, Version::HTTP_11, "/").await.status,
+            StatusCode::OK
+        );
+    });
+    stop(handle);
+}
+
+#[test]
+fn partial_client_hello_is_closed_at_the_handshake_deadline() {
+    let handle = spawn_limited(handshake_limits(), ok_handler);
+    let addr = addr(&handle);
+    // A real ClientHello, as rustls writes it.
+    let name = ServerName::try_from("localhost").expect("server name");
+    let mut client =
+        rustls::ClientConnection::new(client_config(ALPN_BOTH), name).expect("client session");
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).expect("write ClientHello");
+    assert_eq!(hello[0], 0x16, "a handshake record");
+    assert!(hello.len() > 100, "ClientHello of {} bytes", hello.len());
+    block_on(async move {
+        let mut stream = tcp(addr).await.expect("connect");
+        let connected = Instant::now();
+        stream.write_all(&hello[..20]).await.expect("write");
+        let closed = read_until_closed(&mut stream, Duration::from_secs(5), "the close").await;
+        assert_handshake_close("first 20 bytes of a ClientHello", connected, &closed);
+        assert_eq!(
+            get_tls(addr, Version::HTTP_2, "/").await.status,
+            StatusCode::OK
+        );
+    });
+    stop(handle);
+}
+
+// ---------------------------------------------------------------------------------------
+// 3: slowloris headers
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn trickled_request_head_is_closed_at_the_header_deadline() {
+    let mut limits = Limits::default();
+    limits.request_header_timeout = Duration::from_secs(1);
+    let handle = spawn_limited(limits, ok_handler);
+    let addr = addr(&handle);
+    block_on(async move {
+        let stream = tls_connect(addr, ALPN_H1).await.expect("TLS connect");
+        let started = Instant::now();
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let trickle = tokio::spawn(async move {
+            let head = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-a: ".iter();
+            let mut sent = 0usize;
+            for &byte in head.chain(std::iter::repeat(&b'a')).take(80) {
+                if writer.write_all(&[byte]).await.is_err() || writer.flush().await.is_err() {
+                    break;
+                }
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            sent
+        });
+        let closed = read_until_closed(&mut reader, Duration::from_secs(6), "the close").await;
+        let elapsed = closed.at - started;
+        let sent = within(Duration::from_secs(10), "the trickle", trickle)
+            .await
+            .expect("trickle task");
+        eprintln!(
+            "trickled head: closed after {elapsed:?} ({}), {sent} bytes sent, server sent {:?}",
+            closed.how,
+            head_of(&closed.received)
+        );
+        assert!(
+            elapsed >= Duration::from_millis(800),
+            "closed after {elapsed:?}, before the 1 s header timeout"
+        );
+        assert!(
+            elapsed < Duration::from_secs(4),
+            "closed only after {elapsed:?} with a 1 s header timeout"
+        );
+        if !closed.received.is_empty() {
+            assert_eq!(status_of(&closed.received), Some(408), "{}", closed.how);
+        }
+    });
+    stop(handle);
+}
+
+// ---------------------------------------------------------------------------------------
+// 4: idle keep-alive connections
+// ---------------------------------------------------------------------------------------
+
+fn idle_limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.idle_timeout = Duration::from_secs(1);
+    limits.request_header_timeout = Duration::from_secs(10);
+    limits
+}
+
+fn idle_keep_alive_connection_is_closed(version: Version) {
+    let handle = spawn_limited(idle_limits(), ok_handler);
+    let addr = addr(&handle);
+    block_on(async move {
+        let mut client = Client::connect_tls(addr, version).await;
+        let reply = client.get("/one").await.expect("GET");
+        assert_eq!(reply.status, StatusCode::OK);
+        let answered = Instant::now();
+        let ended = within(
+            Duration::from_secs(4),
+            "the server to close the idle connection",
+            client.conn_task(),
+        )
+        .await
+        .expect("connection task");
+        let elapsed = answered.elapsed();
+        eprintln!("{version:?}: idle connection closed after {elapsed:?}: {ended:?}");
+        assert!(client.is_closed());
+        assert!(
+            elapsed >= Duration::from_millis(800),
+            "{version:?}: closed after {elapsed:?}, before the 1 s idle timeout"
+        );
+        // The server still serves new connections.
+        assert_eq!(get_tls(addr, version, "/two").await.status, StatusCode::OK);
+    });
+    stop(handle);
+}
+
+#[test]
+fn idle_keep_alive_http1_connection_is_closed_at_the_idle_deadline() {
+    idle_keep_alive_connection_is_closed(Version::HTTP_11);
+}
+
+#[test]
+fn idle_http2_connection_is_closed_at_the_idle_deadline() {
+    idle_keep_alive_connection_is_closed(Version::HTTP_2);
+}
+
+// ---------------------------------------------------------------------------------------
+// 5: slow request bodies
+// ---------------------------------------------------------------------------------------
+
+/// What the body-reading handler saw.
+#[derive(Default)]
+struct BodyOutcome {
+    calls: AtomicUsize,
+    result: Mutex<Option<(Result<usize, io::ErrorKind>, Instant)>>,
+}
+
+fn slow_body_server(outcome: Arc<BodyOutcome>) -> ServerHandle {
+    let mut limits = Limits::default();
+    limits.min_request_body_rate = 1000;
+    limits.min_rate_grace = Duration::from_secs(1);
+    limits.request_body_timeout = Duration::from_secs(5);
+    spawn_limited(limits, move |req: Request, _info: ConnectionInfo| {
+        outcome.calls.fetch_add(1, Ordering::SeqCst);
+        let mut body = Vec::new();
+        let result = req.into_body().read_to_end(&mut body).map_err(|e| e.kind());
+        *outcome.result.lock().unwrap() = Some((result, Instant::now()));
+        Response::new(Body::from("read"))
+    })
+}
+
+/// Sends a POST head announcing `content_length`, then one body byte every 200 ms until
+/// the server closes; returns what the client read and when the head was sent.
+async fn trickle_body(addr: SocketAddr, content_length: usize) -> (Closed, Instant, usize) {
+    let stream = tls_connect(addr, ALPN_H1).await.expect("TLS connect");
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {content_length}\r\n\r\n"
+    );
+    writer.write_all(head.as_bytes()).await.expect("write head");
+    let started = Instant::now();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let trickle = tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            while sent.load(Ordering::SeqCst) < 50 {
+                if writer.write_all(b"x").await.is_err() || writer.flush().await.is_err() {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let closed =
+        read_until_closed(&mut reader, Duration::from_secs(8), "the server to close").await;
+    trickle.abort();
+    let sent = sent.load(Ordering::SeqCst);
+    (closed, started, sent)
+}
+
+#[test]
+fn trickled_large_body_fails_the_handler_read_with_timed_out_and_closes() {
+    let outcome = Arc::new(BodyOutcome::default());
+    let handle = slow_body_server(outcome.clone());
+    let addr = addr(&handle);
+    block_on(async move {
+        // 1 MiB: above buffered_body_limit, so it streams to the handler.
+        let (closed, started, _) = trickle_body(addr, 1 << 20).await;
+        let closed_after = closed.at - started;
+        wait_for(Duration::from_secs(2), "the handler's read to end", || {
+            outcome.result.lock().unwrap().is_some()
+        })
+        .await;
+        let (result, at) = outcome.result.lock().unwrap().take().expect("result");
+        let failed_after = at - started;
+        eprintln!(
+            "large trickled body: handler read {result:?} after {failed_after:?}; \
+             connection closed after {closed_after:?} ({}), server sent {:?}",
+            closed.how,
+            head_of(&closed.received)
+        );
+        assert_eq!(outcome.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(result, Err(io::ErrorKind::TimedOut));
+        // Below 1000 B/s once the 1 s grace has passed.
+        assert!(
+            failed_after >= Duration::from_millis(800),
+            "the body failed after {failed_after:?}, within the 1 s grace"
+        );
+        assert!(
+            failed_after < Duration::from_secs(5),
+            "the body failed only after {failed_after:?}"
+        );
+        assert!(
+            closed_after < Duration::from_secs(6),
+            "connection closed only after {closed_after:?}"
+        );
+    });
+    stop(handle);
+}
+
+#[test]
+fn trickled_small_body_gets_408_and_the_handler_is_never_called() {
+    let outcome = Arc::new(BodyOutcome::default());
+    let handle = slow_body_server(outcome.clone());
+    let addr = addr(&handle);
+    block_on(async move {
+        // 100 bytes: below buffered_body_limit, so it is collected before the handler.
+        let (closed, started, sent) = trickle_body(addr, 100).await;
+        let elapsed = closed.at - started;
+        eprintln!(
+            "small trickled body: {:?} after {elapsed:?} ({}), {sent} bytes sent",
+            head_of(&closed.received),
+            closed.how
+        );
+        assert_eq!(
+            status_of(&closed.received),
+            Some(408),
+            "{:?}",
+            head_of(&closed.received)
+        );
+        assert!(
+            elapsed >= Duration::from_millis(800),
+            "408 after {elapsed:?}, within the 1 s grace"
+        );
+        assert!(elapsed < Duration::from_secs(5), "408 after {elapsed:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            outcome.calls.load(Ordering::SeqCst),
+            0,
+            "the handler was called"
+        );
+    });
+    stop(handle);
+}
+
+// ---------------------------------------------------------------------------------------
+// 6: a client that never reads
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn client_that_never_reads_is_dropped_and_its_worker_freed() {
+    let mut limits = Limits::default();
+    limits.send_timeout = Duration::from_secs(1);
+    limits.max_workers = 1;
+    let handle = spawn_limited(limits, |req: Request, _info: ConnectionInfo| {
+        if req.uri().path() == "/big" {
+            Response::new(Body::from_reader(io::repeat(b'x').take(64 << 20)))
+        } else {
+            Response::new(Body::from("small"))
+        }
+    });
+    let addr = addr(&handle);
+    let handle = Arc::new(handle);
+    let stats = handle.clone();
+    block_on(async move {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let tcp = within(Duration::from_secs(5), "connect", socket.connect(addr))
+            .await
+            .expect("connect");
+        let name = ServerName::try_from("localhost").expect("server name");
+        let mut stalled = within(
+            Duration::from_secs(5),
+            "TLS handshake",
+            TlsConnector::from(client_config(ALPN_H1)).connect(name, tcp),
+        )
+        .await
+        .expect("TLS handshake");
+        stalled
+            .write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("write request");
+        stalled.flush().await.expect("flush");
+        let sent = Instant::now();
+        wait_for(Duration::from_secs(3), "the handler to stream", || {
+            stats.worker_stats().busy == 1
+        })
+        .await;
+
+        // The only worker is streaming to a client that does not read; a second request
+        // on a fresh connection waits for it, and gets it once the send timeout freed it.
+        let second = within(
+            Duration::from_secs(10),
+            "the second request (worker never freed)",
+            get_tls(addr, Version::HTTP_11, "/small"),
+        )
+        .await;
+        let second_after = sent.elapsed();
+        assert_eq!(second.status, StatusCode::OK);
+        assert_eq!(second.text(), "small");
+        wait_for(Duration::from_secs(5), "busy == 0", || {
+            stats.worker_stats().busy == 0
+        })
+        .await;
+        let free_after = sent.elapsed();
+
+        // And the stalled connection was cut: draining it ends in EOF or an error long
+        // before 64 MiB.
+        let closed = read_until_closed(
+            &mut stalled,
+            Duration::from_secs(10),
+            "the stalled connection to be closed",
+        )
+        .await;
+        eprintln!(
+            "non-reading client: second request done {second_after:?} after the first was \
+             sent, busy == 0 at {free_after:?}; stalled connection ended ({}) after {} bytes",
+            closed.how, closed.total
+        );
+        assert!(
+            closed.total < 32 << 20,
+            "{} bytes arrived: the response was not cut",
+            closed.total
+        );
+    });
+    let handle = Arc::into_inner(handle).expect("sole owner of the handle");
+    stop(handle);
+}
+
+// ---------------------------------------------------------------------------------------
+// 7: connection limit
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn connection_limit_is_enforced_and_recovers_repeatedly() {
+    let mut limits = Limits::default();
+    limits.max_connections = 4;
+    let handle = spawn_limited(limits, ok_handler);
+    let addr = addr(&handle);
+    block_on(async move {
+        let mut open = Vec::new();
+        for i in 0..4 {
+            let mut client = Client::connect_tls(addr, Version::HTTP_11).await;
+            let reply = client.get(&format!("/c{i}")).await.expect("GET");
+            assert_eq!(reply.status, StatusCode::OK);
+            open.push(client);
+        }
+
+        for round in 0..2 {
+            // One more: accepted by the kernel at most; its handshake waits.
+            let waiting = tokio::spawn(async move {
+                let started = Instant::now();
+                let mut client = Client::connect_tls(addr, Version::HTTP_11).await;
+                let connected = started.elapsed();
+                let reply = client.get("/waiting").await.expect("GET");
+                (client, reply, connected)
+            });
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(
+                !waiting.is_finished(),
+                "round {round}: a fifth connection completed its handshake with \
+                 max_connections = 4"
+            );
+            // Closing one lets it in.
+            close_client(open.remove(0));
+            let (client, reply, connected) =
+                within(Duration::from_secs(3), "the waiting connection", waiting)
+                    .await
+                    .expect("waiting task");
+            eprintln!("round {round}: waiting connection handshake after {connected:?}");
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(reply.text(), "ok /waiting");
+            open.push(client);
+            // The others were not disturbed.
+            for client in &mut open {
+                assert_eq!(
+                    client.get("/again").await.expect("GET again").status,
+                    StatusCode::OK
+                );
+            }
+        }
+
+        // All closed: four fresh connections at once are all served.
+        for client in open.drain(..) {
+            close_client(client);
+        }
+        let mut set = JoinSet::new();
+        for i in 0..4 {
+            set.spawn(async move { get_tls(addr, Version::HTTP_2, &format!("/fresh{i}")).await });
+        }
+        let all = within(Duration::from_secs(5), "four fresh connections", async {
+            let mut statuses = Vec::new();
+            while let Some(reply) = set.join_next().await {
+                statuses.push(reply.expect("task").status);
+            }
+            statuses
+        })
+        .await;
+        assert_eq!(all, vec![StatusCode::OK; 4]);
+    });
+    stop(handle);
+}
+
+// ---------------------------------------------------------------------------------------
+// 8: load shedding
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn saturated_pool_answers_503_with_retry_after_at_once() {
+    let mut limits = Limits::default();
+    limits.max_workers = 1;
+    limits.max_queued_requests = 0;
+    let handle = spawn_limited(limits, |req: Request, info: ConnectionInfo| {
+        std::thread::sleep(Duration::from_secs(1));
+        ok_handler(req, info)
+    });
+    let addr = addr(&handle);
+    block_on(async move {
+        let mut a = Client::connect_tls(addr, Version::HTTP_11).await;
+        let mut b = Client::connect_tls(addr, Version::HTTP_2).await;
+        let timed = |reply: hyper::Result<Reply>, started: Instant| {
+            (reply.expect("GET"), started.elapsed())
+        };
+        let (ra, rb) = tokio::join!(
+            async {
+                let started = Instant::now();
+                timed(a.get("/a").await, started)
+            },
+            async {
+                let started = Instant::now();
+                timed(b.get("/b").await, started)
+            }
+        );
+        eprintln!(
+            "saturated pool: a {} after {:?}, b {} after {:?}",
+            ra.0.status, ra.1, rb.0.status, rb.1
+        );
+        let (ok, refused) = match (ra.0.status, rb.0.status) {
+            (StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE) => (ra, rb),
+            (StatusCode::SERVICE_UNAVAILABLE, StatusCode::OK) => (rb, ra),
+            other => panic!("expected one 200 and one 503, got {other:?}"),
+        };
+        assert!(
+            refused.0.headers.contains_key("retry-after"),
+            "503 without Retry-After: {:?}",
+            refused.0.headers
+        );
+        assert!(
+            refused.1 < Duration::from_millis(500),
+            "the 503 took {:?}",
+            refused.1
+        );
+        assert!(ok.1 >= Duration::from_millis(900), "200 after {:?}", ok.1);
+        // Once the worker is free, requests are served again.
+        assert_eq!(
+            get_tls(addr, Version::HTTP_11, "/after").await.status,
+            StatusCode::OK
+        );
+    });
+    stop(handle);
+}
+
+// ---------------------------------------------------------------------------------------
+// 9: oversized heads
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn oversized_and_overfull_http1_heads_get_431() {
+    let handle = spawn_limited(Limits::default(), ok_handler);
+    let addr = addr(&handle);
+    block_on(async move {
+        let request = |value_len: usize, extra: &str| {
+            format!(
+                "GET /h HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}X-Big: {}\r\n\r\n",
+                "a".repeat(value_len)
+            )
+        };
+        // 40 KiB header (limit 32 KiB).
+        let big = raw_h1_exchange(addr, request(40 << 10, "").as_bytes()).await;
+        eprintln!("40 KiB header: {:?} ({})", head_of(&big.received), big.how);
+        assert_eq!(status_of(&big.received), Some(431), "{}", big.how);
+
+        // Just under the limit.
+        let fits = raw_h1_exchange(addr, request(31 << 10, "").as_bytes()).await;
+        assert_eq!(
+            status_of(&fits.received),
+            Some(200),
+            "{:?}",
+            head_of(&fits.received)
+        );
+
+        // 150 header fields (limit 100).
+        let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let overfull = raw_h1_exchange(addr, request(1, &many).as_bytes()).await;
+        eprintln!(
+            "150 headers: {:?} ({})",
+            head_of(&overfull.received),
+            overfull.how
+        );
+        assert_eq!(status_of(&overfull.received), Some(431), "{}", overfull.how);
+
+        // 90 fit.
+        let many: String = (0..90).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let full = raw_h1_exchange(addr, request(1, &many).as_bytes()).await;
+        assert_eq!(status_of(&full.received), Some(200));
+    });
+    stop(handle);
+}
+
+#[test]
+fn oversized_http2_header_list_fails_the_stream() {
+    let handle = spawn_limited(Limits::default(), ok_handler);
+    let addr = addr(&handle);
+    block_on(async move {
+        let mut stream = h2_open(addr).await;
+        let mut block = hpack_get("localhost");
+        hpack_literal(&mut block, "x-big", &vec![b'a'; 40 << 10]);
+        stream
+            .write_all(&headers_frames(1, &block))
+            .await
+            .expect("write HEADERS");
+        // Then a normal request on the same connection.
+        stream
+            .write_all(&headers_frames(3, &hpack_get("localhost")))
+            .await
+            .expect("write HEADERS");
+        let mut seen = Vec::new();
+        let mut stream1: Option<String> = None;
+        let mut stream3: Option<String> = None;
+        let ended = within(
+            Duration::from_secs(5),
+            "answers on streams 1 and 3",
+            async {
+                loop {
+                    let frame = match read_frame(&mut stream).await {
+                        Ok(frame) => frame,
+                        Err(e) => return format!("connection closed: {e}"),
+                    };
+                    let slot = match frame.stream {
+                        1 => &mut stream1,
+                        3 => &mut stream3,
+                        _ => &mut None,
+                    };
+                    match frame.kind {
+                        GOAWAY => {
+                            let (last, code) = frame.goaway();
+                            return format!("GOAWAY last_stream={last} code={code:#x}");
+                        }
+                        HEADERS if slot.is_none() => {
+                            *slot = Some(match response_status(&frame.payload) {
+                                Some(status) => status.to_string(),
+                                None => format!("headers {:02x?}", frame.payload),
+                            });
+                        }
+                        RST_STREAM if slot.is_none() => {
+                            *slot = Some(format!("RST_STREAM code={:#x}", frame.reset_code()));
+                        }
+                        _ => {}
+                    }
+                    seen.push((frame.kind, frame.stream));
+                    if stream1.is_some() && stream3.is_some() {
+                        return "both answered".to_string();
+                    }
+                }
+            },
+        )
+        .await;
+        eprintln!(
+            "HTTP/2 40 KiB header list: stream 1 → {stream1:?}, stream 3 → {stream3:?}, {ended}"
+        );
+        assert_eq!(
+            stream1.as_deref(),
+            Some("431"),
+            "the oversized stream was not answered 431 (frames {seen:?}, {ended})"
+        );
+        assert_eq!(
+            stream3.as_deref(),
+            Some("200"),
+            "the connection did not keep serving ({ended})"
+        );
+    });
+    stop(handle);
+}
+
+// ---------------------------------------------------------------------------------------
+// 10: HTTP/2 rapid reset
+// ---------------------------------------------------------------------------------------
+
+/// Opens streams (HEADERS `GET /`) and cancels them (RST_STREAM CANCEL) on one raw HTTP/2
+/// connection until the server sends GOAWAY or closes, or 20 000 streams were sent, while
+/// a well-behaved client sends a request on another connection; then a second well-behaved
+/// request follows. The handler sleeps 200 ms; eight workers.
+///
+/// Tight: each batch of 50 streams goes out in one write, so the server sees most resets
+/// before it accepted their stream (the h2 crate's "pending accept" reset limit).
+/// Paced: a stream's RST_STREAM goes out a millisecond after its HEADERS, with the next
+/// stream's HEADERS, so the stream has been accepted and its handler dispatched: only
+/// portcullis' own cap (handlers per connection ≤ max_concurrent_streams) applies.
+fn rapid_reset(paced: bool) {
+    let what = if paced { "paced" } else { "tight" };
+    let mut limits = Limits::default();
+    limits.max_workers = 8;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handle = spawn_limited(limits, {
+        let calls = calls.clone();
+        move |req: Request, info: ConnectionInfo| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(200));
+            ok_handler(req, info)
+        }
+    });
+    let addr = addr(&handle);
+    let handle = Arc::new(handle);
+    let stats = handle.clone();
+    block_on(async move {
+        let stream = h2_open(addr).await;
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let started = Instant::now();
+        // Reads every frame until the connection ends; flags the first GOAWAY.
+        let first_goaway = Arc::new(Mutex::new(None::<((u32, u32), Duration)>));
+        let watcher = tokio::spawn({
+            let first_goaway = first_goaway.clone();
+            async move {
+                let (mut goaways, mut resets, mut responses) = (Vec::new(), 0usize, Vec::new());
+                let ended = loop {
+                    match read_frame(&mut reader).await {
+                        Ok(frame) if frame.kind == GOAWAY => {
+                            first_goaway
+                                .lock()
+                                .unwrap()
+                                .get_or_insert((frame.goaway(), started.elapsed()));
+                            goaways.push(frame.goaway());
+                        }
+                        Ok(frame) if frame.kind == RST_STREAM => resets += 1,
+                        Ok(frame) if frame.kind == HEADERS => {
+                            responses.push(response_status(&frame.payload))
+                        }
+                        Ok(_) => {}
+                        Err(e) => break e.to_string(),
+                    }
+                };
+                (goaways, started.elapsed(), resets, responses, ended)
+            }
+        });
+
+        let block = hpack_get("localhost");
+        let mut id = 1u32;
+        let mut sent = 0usize;
+        let mut write_ended = None;
+        let goaway_seen = || first_goaway.lock().unwrap().is_some();
+        while sent < 20_000
+            && !goaway_seen()
+            && !watcher.is_finished()
+            && started.elapsed() < Duration::from_secs(5)
+        {
+            let mut batch = Vec::new();
+            if paced {
+                batch.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &block));
+                if id > 1 {
+                    batch.extend(frame(RST_STREAM, 0, id - 2, &CANCEL.to_be_bytes()));
+                }
+                id += 2;
+            } else {
+                for _ in 0..50 {
+                    batch.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &block));
+                    batch.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+                    id += 2;
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(1), writer.write_all(&batch)).await {
+                Ok(Ok(())) => sent = (id / 2) as usize,
+                Ok(Err(e)) => {
+                    write_ended = Some(format!("write failed: {e}"));
+                    break;
+                }
+                Err(_) => {
+                    write_ended = Some("write blocked for 1 s".to_string());
+                    break;
+                }
+            }
+            if paced {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            } else {
+                tokio::task::yield_now().await;
+            }
+        }
+        let sending_took = started.elapsed();
+        let write_ended = write_ended.unwrap_or_else(|| {
+            if goaway_seen() {
+                "stopped at the first GOAWAY".to_string()
+            } else {
+                "stopped: limit reached or connection ended".to_string()
+            }
+        });
+        // A well-behaved client on another connection, the moment the server has seen the
+        // attack (while the attacking connection may still be winding down).
+        let meanwhile = tokio::spawn(async move {
+            let started = Instant::now();
+            let reply = get_tls(addr, Version::HTTP_2, "/meanwhile").await;
+            (reply.status, started.elapsed())
+        });
+        let (goaways, closed_after, resets, responses, ended) =
+            within(Duration::from_secs(5), "the connection to close", watcher)
+                .await
+                .expect("watcher task");
+        let first = *first_goaway.lock().unwrap();
+        let statuses = |want: u16| responses.iter().filter(|s| **s == Some(want)).count();
+        eprintln!(
+            "rapid reset ({what}): {sent} streams sent in {sending_took:?} ({write_ended}); \
+             first GOAWAY ((last stream id, code), when) {first:?}, all GOAWAYs {goaways:?}; \
+             closed after {closed_after:?} ({ended}); from the server {resets} RST_STREAM, \
+             {} responses ({} × 200, {} × 503); {} handler calls so far; workers {:?}",
+            responses.len(),
+            statuses(200),
+            statuses(503),
+            calls.load(Ordering::SeqCst),
+            stats.worker_stats()
+        );
+        let (_, goaway_after) = first.expect("no GOAWAY before the connection ended");
+        assert!(
+            goaway_after < Duration::from_secs(3),
+            "GOAWAY only after {goaway_after:?}"
+        );
+        if !paced {
+            // The connection's last GOAWAY names the last stream the server processed.
+            let (last_stream, code) = *goaways.last().expect("GOAWAY");
+            assert!(
+                last_stream < 2 * 1000,
+                "the server processed {} streams before GOAWAY (code {code:#x})",
+                last_stream / 2 + 1
+            );
+        }
+        assert!(
+            closed_after < Duration::from_secs(5),
+            "the connection was still open {closed_after:?} after the flood began"
+        );
+
+        let (status, took) = within(Duration::from_secs(10), "the concurrent client", meanwhile)
+            .await
+            .expect("meanwhile task");
+        eprintln!("rapid reset ({what}): concurrent client got {status} after {took:?}");
+
+        let after = Instant::now();
+        let reply = within(
+            Duration::from_secs(2),
+            "a well-behaved client after the flood",
+            get_tls(addr, Version::HTTP_2, "/after"),
+        )
+        .await;
+        eprintln!(
+            "rapid reset ({what}): client after the flood got {} after {:?}; {} handler \
+             calls; workers {:?}",
+            reply.status,
+            after.elapsed(),
+            calls.load(Ordering::SeqCst),
+            stats.worker_stats()
+        );
+        wait_for(Duration::from_secs(10), "the pool to drain", || {
+            let now = stats.worker_stats();
+            now.busy == 0 && now.queued == 0
+        })
+        .await;
+        let flood_calls = calls.load(Ordering::SeqCst) - 2;
+        eprintln!("rapid reset ({what}): {flood_calls} handler calls for the flood's streams");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(status, StatusCode::OK, "the concurrent client");
+        assert!(
+            took < Duration::from_secs(2),
+            "a well-behaved client that arrived as the server sent GOAWAY to the flood \
+             waited {took:?} for its 200 (handler 200 ms, 8 workers)"
+        );
+        // The flood ran at most about max_concurrent_streams (100) handlers.
+        assert!(
+            flood_calls <= 200,
+            "{flood_calls} handlers ran for reset streams"
+        );
+    });
+    let handle = Arc::into_inner(handle).expect("sole owner of the handle");
+    stop(handle);
+}
+
+#[test]
+fn http2_rapid_reset_flood_gets_goaway_and_others_are_served() {
+    rapid_reset(false);
+}
+
+#[test]
+fn http2_paced_rapid_reset_gets_goaway_and_others_are_served() {
+    rapid_reset(true);
+}
+
+// ---------------------------------------------------------------------------------------
+// 11: Host header
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn host_header_is_required_once_in_http11_and_optional_in_http10() {
+    let handle = spawn_limited(Limits::default(), ok_handler);
+    let addr = addr(&handle);
+    block_on(async move {
+        for (what, request, want) in [
+            ("HTTP/1.1 without Host", &b"GET / HTTP/1.1\r\n\r\n"[..], 400),
+            (
+                "HTTP/1.1 with two Host headers",
+                &b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..],
+                400,
+            ),
+            ("HTTP/1.0 without Host", &b"GET / HTTP/1.0\r\n\r\n"[..], 200),
+        ] {
+            let closed = raw_h1_exchange(addr, request).await;
+            eprintln!("{what}: {:?} ({})", head_of(&closed.received), closed.how);
+            assert_eq!(status_of(&closed.received), Some(want), "{what}");
+        }
+    });
+    stop(handle);
+}
+
+// ---------------------------------------------------------------------------------------
+// 12: HTTP/2 keep-alive pings
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn http2_client_not_answering_pings_is_closed() {
+    let mut limits = Limits::default();
+    limits.http2_keep_alive_interval = Some(Duration::from_millis(300));
+    limits.http2_keep_alive_timeout = Duration::from_millis(500);
+    let handle = spawn_limited(limits, ok_handler);
+    let addr = addr(&handle);
+    block_on(async move {
+        let mut stream = h2_open(addr).await;
+        let started = Instant::now();
+        let mut first_ping = None;
+        let mut frames = Vec::new();
+        let ended = within(Duration::from_secs(6), "the connection to close", async {
+            loop {
+                match read_frame(&mut stream).await {
+                    Ok(frame) => {
+                        if frame.kind == PING && frame.flags & ACK == 0 && first_ping.is_none() {
+                            first_ping = Some(started.elapsed());
+                        }
+                        frames.push(frame.kind);
+                    }
+                    Err(e) => return e.to_string(),
+                }
+            }
+        })
+        .await;
+        let closed_after = started.elapsed();
+        eprintln!(
+            "keep-alive: first PING after {first_ping:?}, closed after {closed_after:?} \
+             ({ended}); frame types {frames:?}"
+        );
+        let first_ping = first_ping.expect("no PING from the server");
+        assert!(
+            first_ping < Duration::from_secs(2),
+            "first PING after {first_ping:?}"
+        );
+        assert!(
+            closed_after < Duration::from_secs(4),
+            "closed only after {closed_after:?}"
+        );
+        // A client that answers pings is served.
+        assert_eq!(
+            get_tls(addr, Version::HTTP_2, "/").await.status,
+            StatusCode::OK
+        );
+    });
+    stop(handle);
+}
