@@ -110,8 +110,11 @@ pub struct Limits {
     /// (`SETTINGS_MAX_CONCURRENT_STREAMS`). It also caps the handlers running for one
     /// connection: a client that resets streams cannot stop a handler that is already
     /// blocking, so once that many handlers run, further requests get `503` and the
-    /// connection gets GOAWAY (Go's fix for CVE-2023-39325). Reset floods
-    /// (CVE-2023-44487, "rapid reset") are also cut by the h2 crate's own limits.
+    /// connection gets GOAWAY (Go's fix for CVE-2023-39325). Handlers still waiting in the
+    /// queue when their stream is reset do not run at all. Reset floods (CVE-2023-44487,
+    /// "rapid reset") get GOAWAY from the h2 crate's own limit on streams reset before they
+    /// are accepted, and from portcullis once a connection has reset twice this many
+    /// requests and more than it let finish.
     ///
     /// Default 100, as Kestrel (`MaxStreamsPerConnection`); nginx uses 128, Go 250.
     pub max_concurrent_streams: u32,

@@ -521,7 +521,7 @@ pub(crate) struct ResponseFuture {
     protocol: Protocol,
     /// Told whether the request was answered or abandoned (reset-flood detection).
     watch: Arc<ConnectionWatch>,
-    /// `max_concurrent_streams`: abandoned requests tolerated before the ratio applies.
+    /// Abandoned requests tolerated before the abandoned/answered ratio applies.
     reset_allowance: usize,
 }
 
@@ -550,7 +550,9 @@ impl Dispatch {
             state,
             protocol: self.info.protocol(),
             watch: self.watch.clone(),
-            reset_allowance: self.ctx.limits.max_concurrent_streams as usize,
+            // A browser leaving a page may reset every stream in flight at once; twice
+            // the stream limit keeps that well clear of the flood rule.
+            reset_allowance: 2 * self.ctx.limits.max_concurrent_streams as usize,
         }
     }
 }
