@@ -381,35 +381,33 @@ pub(crate) enum StreamSource {
     Stream(Body),
 }
 
-impl StreamSource {
-    /// Reads the streamed body on the current (worker) thread into `pipe` until the end,
-    /// an error, or the client leaving.
-    /// `send_timeout` bounds each wait for the client to take more.
-    pub(crate) fn pump_into(
-        mut body: Body,
-        pipe: &Pipe,
-        send_timeout: Duration,
-    ) -> io::Result<u64> {
-        let mut sent = 0u64;
-        loop {
-            match body.next_chunk() {
-                Ok(Some(chunk)) => {
-                    sent += chunk.len() as u64;
-                    if let Err(e) = pipe.push_blocking(chunk, send_timeout) {
-                        pipe.close_consumer();
-                        pipe.finish(Err(io::Error::new(e.kind(), e.to_string())));
-                        return Err(e);
-                    }
+/// Reads the streamed body on the current (worker) thread into `pipe` until the end,
+/// an error, or the client leaving;
+/// `send_timeout` bounds each wait for the client to take more.
+pub(crate) fn stream_into_pipe(
+    mut body: Body,
+    pipe: &Pipe,
+    send_timeout: Duration,
+) -> io::Result<u64> {
+    let mut sent = 0u64;
+    loop {
+        match body.next_chunk() {
+            Ok(Some(chunk)) => {
+                sent += chunk.len() as u64;
+                if let Err(e) = pipe.push_blocking(chunk, send_timeout) {
+                    pipe.close_consumer();
+                    pipe.finish(Err(io::Error::new(e.kind(), e.to_string())));
+                    return Err(e);
                 }
-                Ok(None) => {
-                    pipe.finish(Ok(()));
-                    return Ok(sent);
-                }
-                Err(e) => {
-                    let copy = io::Error::new(e.kind(), e.to_string());
-                    pipe.finish(Err(e));
-                    return Err(copy);
-                }
+            }
+            Ok(None) => {
+                pipe.finish(Ok(()));
+                return Ok(sent);
+            }
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                pipe.finish(Err(e));
+                return Err(copy);
             }
         }
     }

@@ -22,7 +22,7 @@ use http_body::Body as _;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::body::{Body, Pipe, Room, StreamSource};
+use crate::body::{stream_into_pipe, Body, Pipe, Room, StreamSource};
 use crate::conn::deadlines::{
     AbortReason, BodyDeadline, BodyRate, ConnectionWatch, HandlerRunning, InFlight,
 };
@@ -291,7 +291,7 @@ impl HandlerJob {
             response_body,
         )));
         let pumped = catch_unwind(AssertUnwindSafe(|| {
-            StreamSource::pump_into(body, &pipe, send_timeout)
+            stream_into_pipe(body, &pipe, send_timeout)
         }));
         match pumped {
             Ok(Ok(_)) => {}
