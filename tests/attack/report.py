@@ -1,0 +1,297 @@
+#!/usr/bin/env python3
+"""Summaries for tests/attack/run.sh (standard library only).
+
+  report.py attack DIR        per-attack lines; writes DIR/summary.json
+  report.py table DIR...      markdown table of every attack; exit 1 if any
+                              legitimate request failed or an attack did not run
+
+An attack DIR holds:
+  meta.json      {"name", "kind": "slowhttptest" | "silent", "seconds", "conns"}
+  legit.tsv      one line per legitimate request:
+                 t_s  proto  curl_rc  http_code  time_total_s  http_version  error
+  attacker.out   the attack tool's output; sht.csv (slowhttptest) or silent.json
+  server.tsv     samples of the server process: t_s  fds  threads  rss_kb
+"""
+
+import csv
+import json
+import math
+import os
+import re
+import sys
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def pct(sorted_ms, p):
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_ms:
+        return None
+    rank = max(1, math.ceil(p / 100 * len(sorted_ms)))
+    return sorted_ms[rank - 1]
+
+
+def fmt_ms(v):
+    return "-" if v is None else f"{v:.0f}" if v >= 100 else f"{v:.1f}"
+
+
+def read_legit(path):
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 6:
+                continue
+            t, proto, rc, code, total, version = parts[:6]
+            err = parts[6] if len(parts) > 6 else ""
+            try:
+                total_ms = float(total) * 1000
+            except ValueError:
+                total_ms = float("nan")
+            rows.append({"t": float(t), "proto": proto, "rc": int(rc), "code": code,
+                         "ms": total_ms, "version": version, "err": err})
+    return rows
+
+
+def legit_summary(rows):
+    ok = [r for r in rows if r["rc"] == 0 and r["code"] == "200"]
+    ms = sorted(r["ms"] for r in ok if not math.isnan(r["ms"]))
+    by_proto = {}
+    for r in rows:
+        p = by_proto.setdefault(r["proto"], {"made": 0, "ok": 0, "versions": {}})
+        p["made"] += 1
+        p["ok"] += r in ok
+        p["versions"][r["version"]] = p["versions"].get(r["version"], 0) + 1
+    failures = [r for r in rows if r not in ok]
+    return {
+        "made": len(rows),
+        "ok": len(ok),
+        "pct": 100.0 * len(ok) / len(rows) if rows else 0.0,
+        "p50": pct(ms, 50),
+        "p99": pct(ms, 99),
+        "max": ms[-1] if ms else None,
+        "by_proto": by_proto,
+        "failures": [{"t": r["t"], "proto": r["proto"], "rc": r["rc"], "code": r["code"],
+                      "ms": None if math.isnan(r["ms"]) else round(r["ms"]),
+                      "err": r["err"]} for r in failures],
+    }
+
+
+def sht_summary(d):
+    """Numbers from slowhttptest's CSV and its last status block."""
+    out = {}
+    text = ""
+    if os.path.exists(os.path.join(d, "attacker.out")):
+        with open(os.path.join(d, "attacker.out"), errors="replace") as f:
+            text = ANSI.sub("", f.read())
+    for key in ("initializing", "pending", "connected", "error", "closed"):
+        found = re.findall(rf"^\s*{key}:\s*(\d+)", text, re.M)
+        out["final_" + key] = int(found[-1]) if found else None
+    m = re.findall(r"Exit status:\s*(.+)", text)
+    out["exit_status"] = m[-1].strip() if m else "(no exit status in output)"
+    m = re.findall(r"Test ended on (\d+)\w* second", text)
+    out["ended_s"] = int(m[-1]) if m else None
+    rows = []
+    path = os.path.join(d, "sht.csv")
+    if os.path.exists(path):
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                try:
+                    rows.append({"s": int(row["Seconds"]), "closed": int(row["Closed"]),
+                                 "pending": int(row["Pending"]),
+                                 "connected": int(row["Connected"]),
+                                 "available": int(row["Service Available"]) > 0})
+                except (KeyError, ValueError):
+                    continue
+    if rows:  # the CSV's last second is later than the last status block printed
+        for key in ("pending", "connected", "closed"):
+            out["final_" + key] = rows[-1][key]
+    out["peak_connected"] = max((r["connected"] for r in rows), default=None)
+    out["peak_closed"] = max((r["closed"] for r in rows), default=None)
+    out["first_close_s"] = next((r["s"] for r in rows if r["closed"] > 0), None)
+    out["probe_unavailable_s"] = [r["s"] for r in rows if not r["available"]]
+    out["timeline"] = [[r["s"], r["connected"], r["closed"], r["pending"]] for r in rows]
+    return out
+
+
+def server_summary(d):
+    path = os.path.join(d, "server.tsv")
+    samples = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                p = line.split()
+                if len(p) == 4:
+                    samples.append([float(p[0]), int(p[1]), int(p[2]), int(p[3])])
+    return samples
+
+
+def every(timeline, step=5):
+    """Keep the entries whose second is a multiple of step, plus the last one."""
+    kept = [e for e in timeline if int(e[0]) % step == 0]
+    if timeline and (not kept or kept[-1] is not timeline[-1]):
+        kept.append(timeline[-1])
+    return kept
+
+
+def attack(d):
+    with open(os.path.join(d, "meta.json")) as f:
+        meta = json.load(f)
+    name, kind = meta["name"], meta["kind"]
+    legit = legit_summary(read_legit(os.path.join(d, "legit.tsv")))
+    samples = server_summary(d)
+    s = {"name": name, "kind": kind, "legit": legit, "attack_rc": meta.get("attack_rc")}
+
+    if kind == "slowhttptest":
+        runs = []
+        for entry in sorted(os.listdir(d)):
+            m = re.fullmatch(r"round-(\d+)", entry)
+            if m:
+                rd = os.path.join(d, entry)
+                r = sht_summary(rd)
+                r["run"] = int(m.group(1))
+                try:
+                    with open(os.path.join(rd, "start_ms")) as f:
+                        r["offset_s"] = int(f.read().strip()) / 1000
+                except (OSError, ValueError):
+                    r["offset_s"] = 0.0
+                runs.append(r)
+        runs.sort(key=lambda r: r["run"])
+        a = {"runs": runs}
+        s["attacker"] = a
+        peak = max((r["peak_connected"] or r["final_connected"] or 0 for r in runs), default=0)
+        closed = sum(r["final_closed"] or 0 for r in runs)
+        errors = sum(r["final_error"] or 0 for r in runs)
+        last = runs[-1] if runs else {}
+        s["reached"] = peak
+        if len(runs) == 1:
+            s["attacker_cell"] = (f"{peak} connected (end: {last['final_connected']} "
+                                  f"connected, {last['final_pending']} pending, "
+                                  f"{last['final_closed']} closed, {last['final_error']} error)")
+        else:
+            s["attacker_cell"] = (f"{peak} connected at peak, {len(runs)} runs (closed "
+                                  f"{closed} in all, {errors} error; last run's end: "
+                                  f"{last.get('final_connected')} connected)")
+        firsts = [r["offset_s"] + r["first_close_s"] for r in runs
+                  if r["first_close_s"] is not None]
+        if not runs:
+            did = "slowhttptest did not run"
+        elif not firsts:
+            end = last["offset_s"] + (last["ended_s"] or meta["seconds"])
+            did = f"closed none of them within {end:.0f} s"
+        else:
+            did = (f"closed {closed} by slowhttptest's last count (first "
+                   f"{min(firsts):.0f} s after the attack began")
+            lives = [r["first_close_s"] for r in runs if r["first_close_s"] is not None]
+            if len(runs) > 1:
+                did += (f"; in each of the {len(runs)} runs the first close came "
+                        f"{'/'.join(str(x) for x in lives)} s after that run began")
+            did += ")"
+            ended = [r for r in runs if r["exit_status"].startswith("No open connections")]
+            if ended:
+                did += (f"; {len(ended)} of {len(runs)} slowhttptest run(s) ended because "
+                        f"the server had closed every connection")
+        unavailable = sum(len(r["probe_unavailable_s"]) for r in runs)
+        if unavailable:
+            did += (f"; slowhttptest's probe judged the server unavailable for "
+                    f"{unavailable} s")
+        s["server_did"] = did
+    else:
+        a = {}
+        path = os.path.join(d, "silent.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                a = json.load(f)
+        s["attacker"] = a
+        s["reached"] = a.get("peak_open")
+        s["attacker_cell"] = (f"{a.get('peak_open')} open at peak ({a.get('opened_total')} "
+                              f"opened, {a.get('closed_by_server')} closed by server, "
+                              f"connect errors {a.get('connect_errors') or 0})")
+        if a.get("closed_by_server"):
+            did = (f"closed {a['closed_by_server']} silent sockets after "
+                   f"{a['lifetime_min_s']}/{a['lifetime_median_s']}/{a['lifetime_max_s']} s "
+                   f"(min/median/max; replaced to keep {meta['conns']} open)")
+        else:
+            did = "closed none of the silent sockets"
+        if a.get("server_sent_bytes_on"):
+            did += f"; sent bytes on {a['server_sent_bytes_on']} (an alert before closing)"
+        s["server_did"] = did
+
+    if samples:
+        s["server_fds_max"] = max(x[1] for x in samples)
+        s["server_fds_end"] = samples[-1][1]
+        s["server_threads_max"] = max(x[2] for x in samples)
+        s["server_rss_max_mb"] = round(max(x[3] for x in samples) / 1024, 1)
+    s["ok"] = legit["made"] > 0 and legit["ok"] == legit["made"]
+
+    # The per-attack lines.
+    L = legit
+    print(f"RESULT {name}: attacker {s['attacker_cell']}; legit {L['made']} made, "
+          f"{L['ok']} ok ({L['pct']:.1f}%), p50 {fmt_ms(L['p50'])} ms, "
+          f"p99 {fmt_ms(L['p99'])} ms, max {fmt_ms(L['max'])} ms")
+    protos = ", ".join(f"{p}: {v['ok']}/{v['made']} ok (negotiated {v['versions']})"
+                       for p, v in sorted(L["by_proto"].items()))
+    print(f"  legit by protocol: {protos or 'none'}")
+    print(f"  server vs attackers: {s['server_did']}")
+    if kind == "slowhttptest":
+        for r in a["runs"]:
+            tl = " ".join(f"{t}s:{c}/{cl}" for t, c, cl, _ in every(r["timeline"]))
+            print(f"  slowhttptest run {r['run']} from {r['offset_s']:.0f} s "
+                  f"(second of the run:connected/closed): {tl}")
+            print(f"    exit: {r['exit_status']}, ended on second {r['ended_s']}")
+    else:
+        tl = " ".join(f"{t}s:{o}/{c}" for t, o, c in every(a.get("timeline", [])))
+        print(f"  silent sockets (second:open/closed-by-server): {tl}")
+    if samples:
+        tl = " ".join(f"{t:.0f}s:{fd}" for t, fd, _, _ in every(
+            [[round(x[0]), x[1], x[2], x[3]] for x in samples]))
+        print(f"  server fds (second:fds): {tl}; max threads {s['server_threads_max']}, "
+              f"max RSS {s['server_rss_max_mb']} MiB")
+    for fail in L["failures"][:10]:
+        print(f"  FAILED legit request at {fail['t']:.1f} s ({fail['proto']}): curl rc "
+              f"{fail['rc']}, status {fail['code']}, {fail['ms']} ms, {fail['err']}")
+    if len(L["failures"]) > 10:
+        print(f"  ... and {len(L['failures']) - 10} more failed legitimate requests")
+    if L["made"] == 0:
+        print("  FAILED: no legitimate request was made during this attack")
+
+    with open(os.path.join(d, "summary.json"), "w") as f:
+        json.dump(s, f)
+    return 0 if s["ok"] else 1
+
+
+def table(dirs):
+    print("| attack | attacker connections | legit requests | succeeded (200) | success % "
+          "| p50 ms | p99 ms | max ms | server vs attackers | server fds max |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|")
+    bad = 0
+    for d in dirs:
+        path = os.path.join(d, "summary.json")
+        if not os.path.exists(path):
+            name = os.path.basename(d.rstrip("/"))
+            print(f"| {name} | (did not run) | 0 | 0 | 0.0 | - | - | - | - | - |")
+            bad += 1
+            continue
+        with open(path) as f:
+            s = json.load(f)
+        L = s["legit"]
+        print(f"| {s['name']} | {s['attacker_cell']} | {L['made']} | {L['ok']} "
+              f"| {L['pct']:.1f} | {fmt_ms(L['p50'])} | {fmt_ms(L['p99'])} "
+              f"| {fmt_ms(L['max'])} | {s['server_did']} | {s.get('server_fds_max', '-')} |")
+        bad += not s["ok"]
+    return 1 if bad else 0
+
+
+def main(argv):
+    if len(argv) >= 3 and argv[1] == "attack":
+        return attack(argv[2])
+    if len(argv) >= 2 and argv[1] == "table":
+        return table(argv[2:])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

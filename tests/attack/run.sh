@@ -1,0 +1,376 @@
+#!/usr/bin/env bash
+# Slow-client attacks against the `hello` example, with a legitimate client measuring
+# whether the server still answers while each attack runs at full strength.
+#
+#   bash tests/attack/run.sh          (from any directory; CI runs it as root, no stdin)
+#
+# Attacks, one after another, each against https://127.0.0.1:PORT/ with ~1000 connections:
+#   slowloris    slowhttptest -H  (unfinished request headers, a new header line every 10 s)
+#   slow-body    slowhttptest -B  (POST whose body trickles in, a few bytes every 10 s)
+#   slow-read    slowhttptest -X  (requests whose responses are read a few bytes at a time
+#                                  through a tiny TCP receive window)
+#   silent-tcp   silent.py        (TCP connections that never send a byte; the ones the
+#                                  server closes are replaced to keep the pressure up)
+# During each one, curl makes a fresh HTTPS connection every ~100 ms, alternating HTTP/1.1
+# and HTTP/2. The script fails if any of those requests is not answered 200 within 10 s,
+# or if the server dies.
+#
+# Knobs (environment): ATTACK_PORT (default 18443, or a free port if that one is taken),
+# ATTACK_CONNS (1000), ATTACK_RATE (200 connections/s), ATTACK_SECONDS (30),
+# SLOWLORIS_SECONDS (40: past the server's 30 s request-header timeout, so the closes
+# show), LEGIT_DELAY (7 s after an attack starts before the legitimate client begins),
+# ATTACK_KEEP=1 keeps the temporary directory with every raw result, ATTACK_ONLY="slow-body
+# silent-tcp" runs only the named attacks, ATTACK_EXAMPLE=echo attacks the echo example
+# (whose handler reads the request body) instead of hello.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+cd "$ROOT"
+export CARGO_TERM_COLOR=never
+
+CONNS=${ATTACK_CONNS:-1000}
+RATE=${ATTACK_RATE:-200}
+SECS=${ATTACK_SECONDS:-30}
+SLOWLORIS_SECS=${SLOWLORIS_SECONDS:-40}
+LEGIT_DELAY=${LEGIT_DELAY:-7}
+EXAMPLE=${ATTACK_EXAMPLE:-hello}
+ONLY=${ATTACK_ONLY:-slowloris slow-body slow-read silent-tcp}
+NOFILE=16384
+
+step() { printf '\n== %s\n' "$*"; }
+die() { printf '\nFATAL: %s\n' "$*" >&2; exit 1; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+now_us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
+
+# alive PID: the process exists and is not a zombie (a dead child stays a zombie until
+# waited for, and `kill -0` succeeds on zombies).
+alive() {
+  local stat
+  { read -r stat < "/proc/$1/stat"; } 2>/dev/null || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+
+# ---------------------------------------------------------------- cleanup, always
+PIDS=()          # every background process this script started
+SERVER_PID=
+TMP=
+cleanup() {
+  local rc=$? pid i
+  set +e
+  trap - EXIT INT TERM
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${PIDS[i]}
+    alive "$pid" && kill -TERM "$pid" 2>/dev/null
+  done
+  [ -n "$SERVER_PID" ] && alive "$SERVER_PID" && kill -TERM "$SERVER_PID" 2>/dev/null
+  for i in $(seq 30); do
+    local left=0
+    for pid in "${PIDS[@]}" $SERVER_PID; do alive "$pid" && left=1; done
+    [ "$left" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${PIDS[@]}" $SERVER_PID; do
+    alive "$pid" && kill -KILL "$pid" 2>/dev/null
+  done
+  wait 2>/dev/null
+  if [ "$rc" != 0 ] && [ -n "$TMP" ] && [ -s "$TMP/server.log" ]; then
+    printf '\n== server stderr (RUST_LOG=warn), last 60 lines of %s lines\n' \
+      "$(wc -l < "$TMP/server.log")"
+    tail -n 60 "$TMP/server.log"
+  elif [ "$rc" != 0 ] && [ -n "$TMP" ] && [ -e "$TMP/server.log" ]; then
+    printf '\n== server stderr (RUST_LOG=warn) is empty\n'
+  fi
+  if [ -n "$TMP" ]; then
+    if [ "$rc" != 0 ] || [ "${ATTACK_KEEP:-}" = 1 ]; then
+      printf '\n(raw results kept in %s)\n' "$TMP"
+    else
+      rm -rf "$TMP"
+    fi
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- limits and tools
+step "limits"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$NOFILE" ]; then
+  ulimit -n "$NOFILE" 2>/dev/null || { ulimit -Hn "$NOFILE" && ulimit -n "$NOFILE"; } ||
+    die "cannot raise the open-file limit to $NOFILE (ulimit -n is $(ulimit -n), hard $(ulimit -Hn))"
+fi
+echo "ulimit -n $(ulimit -n)"
+
+step "tools"
+apt_updated=
+need_apt() { # need_apt COMMAND PACKAGE...
+  local cmd=$1; shift
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  echo "installing $* (for $cmd)"
+  if [ -z "$apt_updated" ]; then
+    as_root apt-get update -qq || die "apt-get update failed; cannot install $*"
+    apt_updated=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null ||
+    die "apt-get install $* failed; $cmd is required"
+  command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing after installing $*"
+}
+need_apt curl curl
+need_apt python3 python3
+need_apt slowhttptest slowhttptest
+command -v cargo >/dev/null 2>&1 || die "cargo is missing: the Rust toolchain is required"
+# (no grep -q / head in these pipelines: an early exit would SIGPIPE curl under pipefail)
+curl -V | grep -w HTTP2 >/dev/null || die "this curl has no HTTP/2 support: $(curl -V | sed -n 1p)"
+curl -V | sed -n 1p
+python3 --version
+echo "slowhttptest $(slowhttptest -h 2>&1 | grep -m1 -o 'version [0-9.]*' || true)"
+cargo --version
+
+# ---------------------------------------------------------------- build and start
+step "cargo build --release --example $EXAMPLE"
+cargo build --release --example "$EXAMPLE"
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/$EXAMPLE
+[ -x "$BIN" ] || die "built binary not found at $BIN"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/portcullis-attack.XXXXXX")
+
+PORT=${ATTACK_PORT:-}
+if [ -z "$PORT" ]; then
+  PORT=$(python3 - <<'EOF'
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+try:
+    s.bind(("127.0.0.1", 18443))
+except OSError:
+    s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+EOF
+  )
+fi
+URL_ATTACK=https://127.0.0.1:$PORT/
+URL_LEGIT=https://localhost:$PORT/
+
+step "start server on 127.0.0.1:$PORT"
+RUST_LOG=warn "$BIN" --addr "127.0.0.1:$PORT" --max-workers 4 \
+  >"$TMP/server.out" 2>"$TMP/server.log" </dev/null &
+SERVER_PID=$!
+deadline=$((SECONDS + 30))
+until grep -q "listening on https://127.0.0.1:$PORT" "$TMP/server.out" 2>/dev/null; do
+  alive "$SERVER_PID" || { cat "$TMP/server.out"; die "the server exited before listening"; }
+  [ "$SECONDS" -lt "$deadline" ] || die "no 'listening on https://127.0.0.1:$PORT' within 30 s"
+  sleep 0.1
+done
+cat "$TMP/server.out"
+echo "server pid $SERVER_PID"
+
+# One legitimate request on a fresh connection (add --http1.1 or --http2 and the URL):
+# prints "http_code<TAB>time_total<TAB>http_version"; curl's exit code says if it failed.
+CURL=(curl -sS --max-time 10 --cacert "$ROOT/certs/ca.crt"
+      --resolve "localhost:$PORT:127.0.0.1" -o /dev/null
+      -w '%{http_code}\t%{time_total}\t%{http_version}')
+
+for proto in http1.1 http2; do
+  out=$("${CURL[@]}" "--$proto" "$URL_LEGIT") || die "sanity request ($proto) failed: $out"
+  [ "${out%%$'\t'*}" = 200 ] || die "sanity request ($proto) answered: $out"
+  echo "sanity $proto: $out"
+done
+
+# ---------------------------------------------------------------- helpers per attack
+# legit_loop OUT DEADLINE_US ATTACKER_PID T0_US: fresh HTTPS requests every ~100 ms,
+# alternating HTTP/1.1 and HTTP/2, until the deadline or until the attack tool exits.
+legit_loop() {
+  local out=$1 deadline=$2 apid=$3 t0=$4 i=0 cpid= rc now t res err proto tabs
+  trap '[ -n "$cpid" ] && kill "$cpid" 2>/dev/null; exit 0' TERM
+  while :; do
+    now=$(now_us)
+    [ "$now" -lt "$deadline" ] || break
+    alive "$apid" || break
+    if [ $((i % 2)) = 0 ]; then proto=http1.1; else proto=http2; fi
+    t=$(((now - t0) / 1000))
+    "${CURL[@]}" "--$proto" "$URL_LEGIT" >"$out.res" 2>"$out.err" </dev/null &
+    cpid=$!
+    rc=0
+    wait "$cpid" || rc=$?
+    cpid=
+    res=$(cat "$out.res")
+    # A curl that printed nothing (killed) still counts as a failed request.
+    tabs=${res//[!$'\t']/}
+    [ "${#tabs}" = 2 ] || res=$'000\tnan\tnone'
+    err=$(tr '\n\t' '  ' < "$out.err")
+    printf '%d.%03d\t%s\t%d\t%s\t%s\n' $((t / 1000)) $((t % 1000)) "$proto" "$rc" "$res" "$err" \
+      >>"$out"
+    i=$((i + 1))
+    sleep 0.1
+  done
+}
+
+# sampler OUT T0_US: the server's open file descriptors, threads and RSS once a second.
+sampler() {
+  local out=$1 t0=$2 fds line threads rss t
+  trap 'exit 0' TERM
+  while alive "$SERVER_PID"; do
+    fds=("/proc/$SERVER_PID/fd/"*)
+    threads=0 rss=0
+    while read -r line; do
+      case $line in
+        Threads:*) threads=${line//[!0-9]/} ;;
+        VmRSS:*) rss=${line//[!0-9]/} ;;
+      esac
+    done < "/proc/$SERVER_PID/status" 2>/dev/null || true
+    t=$((($(now_us) - t0) / 1000))
+    printf '%d.%03d %d %d %d\n' $((t / 1000)) $((t % 1000)) "${#fds[@]}" "$threads" "$rss" >>"$out"
+    sleep 1
+  done
+}
+
+ATTACK_DIRS=()
+SERVER_DIED=
+ANY_FAILED=
+
+# run_attack NAME KIND SECONDS COMMAND...: runs COMMAND (in the attack's own temporary
+# directory) with the legitimate client and the sampler beside it, then summarises.
+run_attack() {
+  local name=$1 kind=$2 secs=$3
+  shift 3
+  local d=$TMP/$name t0 spid apid lpid rc=0 stop
+  case " $ONLY " in *" $name "*) ;; *) return 0 ;; esac
+  mkdir -p "$d"
+  ATTACK_DIRS+=("$d")
+  if ! alive "$SERVER_PID"; then
+    SERVER_DIED=1
+    echo "skipped: the server is not running"
+    return
+  fi
+  if [ "$1" = sht_rounds ]; then
+    step "attack $name (${secs} s): slowhttptest ${*:3} -l SECONDS_LEFT -g -o sht" \
+      "(started again whenever it stops early)"
+  else
+    step "attack $name (${secs} s): $*"
+  fi
+  t0=$(now_us)
+  sampler "$d/server.tsv" "$t0" &
+  spid=$!
+  PIDS+=("$spid")
+  ATTACK_T0=$t0
+  if declare -F "$1" >/dev/null; then
+    (cd "$d" && "$@") >"$d/attacker.out" 2>&1 </dev/null &
+  else
+    (cd "$d" && exec "$@") >"$d/attacker.out" 2>&1 </dev/null &
+  fi
+  apid=$!
+  PIDS+=("$apid")
+
+  # Let the attack reach full strength before measuring.
+  stop=$((t0 + LEGIT_DELAY * 1000000))
+  while alive "$apid" && [ "$(now_us)" -lt "$stop" ]; do sleep 0.2; done
+  alive "$apid" || echo "the attack tool exited within ${LEGIT_DELAY} s (see below)"
+
+  legit_loop "$d/legit.tsv" $((t0 + (secs - 1) * 1000000)) "$apid" "$t0" &
+  lpid=$!
+  PIDS+=("$lpid")
+  wait "$lpid" || true
+
+  # The attack tool stops by itself after its test length; give it some slack.
+  stop=$((t0 + (secs + 20) * 1000000))
+  while alive "$apid" && [ "$(now_us)" -lt "$stop" ]; do sleep 0.2; done
+  if alive "$apid"; then
+    echo "the attack tool did not stop by itself $((secs + 20)) s after starting: killing it"
+    kill -TERM "$apid" 2>/dev/null || true
+  fi
+  wait "$apid" || rc=$?
+  kill -TERM "$spid" 2>/dev/null || true
+  wait "$spid" || true
+
+  printf '{"name": "%s", "kind": "%s", "seconds": %d, "conns": %d, "attack_rc": %d}\n' \
+    "$name" "$kind" "$secs" "$CONNS" "$rc" >"$d/meta.json"
+  if [ "$kind" = silent ]; then
+    sed 's/^/  silent.py: /' "$d/attacker.out" | head -n 20
+  else
+    sed 's/^/  /' "$d/attacker.out" | head -n 20
+  fi
+  python3 "$HERE/report.py" attack "$d" || ANY_FAILED=1
+  if ! alive "$SERVER_PID"; then
+    SERVER_DIED=1
+    echo "SERVER DIED during attack $name"
+  fi
+  # Let the attacker's sockets go away before the next attack.
+  sleep 2
+}
+
+# sht_rounds SECONDS SLOWHTTPTEST-ARGS...: slowhttptest for SECONDS. slowhttptest never
+# replaces a connection the server closed, and stops once none is left open; it is then
+# started again (a new "run", in round-N/) so that the attack lasts SECONDS all the same.
+sht_rounds() {
+  local secs=$1 end round=0 left cpid= rc=0
+  shift
+  trap '[ -n "$cpid" ] && kill "$cpid" 2>/dev/null; exit 143' TERM
+  end=$((ATTACK_T0 + secs * 1000000))
+  while :; do
+    left=$(((end - $(now_us)) / 1000000))
+    [ "$left" -ge 5 ] || break
+    round=$((round + 1))
+    mkdir -p "round-$round"
+    echo $(( ($(now_us) - ATTACK_T0) / 1000 )) >"round-$round/start_ms"
+    (cd "round-$round" && exec slowhttptest "$@" -l "$left" -g -o sht) \
+      >"round-$round/attacker.out" 2>&1 </dev/null &
+    cpid=$!
+    rc=0
+    wait "$cpid" || rc=$?
+    cpid=
+    echo "$rc" >"round-$round/rc"
+    echo "run $round: slowhttptest exited with status $rc after $(( ($(now_us) - ATTACK_T0) / 1000000 )) s"
+  done
+  return "$rc"
+}
+
+SHT=(-c "$CONNS" -r "$RATE" -p 10 -u "$URL_ATTACK")
+
+run_attack slowloris slowhttptest "$SLOWLORIS_SECS" \
+  sht_rounds "$SLOWLORIS_SECS" "${SHT[@]}" -H -t GET -i 10 -x 24
+run_attack slow-body slowhttptest "$SECS" \
+  sht_rounds "$SECS" "${SHT[@]}" -B -t POST -i 10 -x 10 -s 8192
+run_attack slow-read slowhttptest "$SECS" \
+  sht_rounds "$SECS" "${SHT[@]}" -X -t GET -w 512 -y 1024 -n 5 -z 32 -k 10
+run_attack silent-tcp silent "$SECS" \
+  python3 "$HERE/silent.py" --host 127.0.0.1 --port "$PORT" --conns "$CONNS" \
+  --rate "$RATE" --seconds "$SECS" --json silent.json
+
+# ---------------------------------------------------------------- verdict
+[ "${#ATTACK_DIRS[@]}" -gt 0 ] || die "ATTACK_ONLY=\"$ONLY\" names none of: slowloris slow-body slow-read silent-tcp"
+step "summary (legitimate client: fresh HTTPS connection every ~100 ms, HTTP/1.1 and HTTP/2 alternating, 10 s limit)"
+python3 "$HERE/report.py" table "${ATTACK_DIRS[@]}" || ANY_FAILED=1
+
+if alive "$SERVER_PID"; then
+  echo
+  echo "server still running (pid $SERVER_PID); stderr has $(wc -l < "$TMP/server.log") lines"
+  if [ -s "$TMP/server.log" ]; then
+    echo "last 10 lines of server stderr:"
+    tail -n 10 "$TMP/server.log"
+  fi
+else
+  SERVER_DIED=1
+  rc=0
+  wait "$SERVER_PID" || rc=$?
+  echo "SERVER DIED (exit status $rc)"
+fi
+
+passed=0 failed=0
+for d in "${ATTACK_DIRS[@]}"; do
+  if [ -s "$d/summary.json" ] && python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["ok"] else 1)' "$d/summary.json"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+  fi
+done
+echo
+echo "total time ${SECONDS} s"
+echo "attacks: $passed passed, $failed failed"
+if [ -n "$SERVER_DIED" ]; then
+  die "the server process died"
+fi
+if [ -n "$ANY_FAILED" ] || [ "$failed" != 0 ]; then
+  die "legitimate requests failed under attack (see FAILED lines above)"
+fi
