@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -31,6 +31,14 @@ pub(crate) enum AbortReason {
 }
 
 impl AbortReason {
+    /// Every reason, in discriminant order (for decoding the atomic).
+    const ALL: [AbortReason; 4] = [
+        AbortReason::BodyTooSlow,
+        AbortReason::SendStalled,
+        AbortReason::TooManyHandlers,
+        AbortReason::ResetFlood,
+    ];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             AbortReason::BodyTooSlow => "request body too slow",
@@ -58,8 +66,8 @@ pub(crate) struct ConnectionWatch {
     idle_since: AtomicU64,
     /// When writes began to wait for the socket (ns since `epoch` + 1), 0 when flowing.
     write_stalled_since: AtomicU64,
-    abort: Mutex<Option<AbortReason>>,
-    aborted: AtomicBool,
+    /// Why the connection must close: 0 while it need not, else `AbortReason as u8 + 1`.
+    abort: AtomicU8,
     /// Set while the connection task polls hyper: changes made then are seen right after,
     /// so they need no wake-up.
     polling: AtomicBool,
@@ -77,8 +85,7 @@ impl ConnectionWatch {
             abandoned: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             write_stalled_since: AtomicU64::new(0),
-            abort: Mutex::new(None),
-            aborted: AtomicBool::new(false),
+            abort: AtomicU8::new(0),
             polling: AtomicBool::new(false),
             waker: Mutex::new(None),
         })
@@ -173,22 +180,19 @@ impl ConnectionWatch {
 
     /// Asks the connection to close at once. The first reason is kept.
     pub(crate) fn abort(&self, reason: AbortReason) {
-        {
-            let mut slot = self.abort.lock().unwrap_or_else(|e| e.into_inner());
-            if slot.is_none() {
-                *slot = Some(reason);
-            }
-        }
-        self.aborted.store(true, Ordering::Release);
+        let code = reason as u8 + 1;
+        let _ = self
+            .abort
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         self.wake();
     }
 
     /// Why the connection must close, if it must.
     pub(crate) fn aborted(&self) -> Option<AbortReason> {
-        if !self.aborted.load(Ordering::Acquire) {
-            return None;
+        match self.abort.load(Ordering::Acquire) {
+            0 => None,
+            code => AbortReason::ALL.get(usize::from(code) - 1).copied(),
         }
-        *self.abort.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -291,5 +295,22 @@ impl BodyDeadline {
             self.timer.reset(expires);
         }
         Pin::new(&mut self.timer).poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_abort_reason_round_trips_and_the_first_one_wins() {
+        for (i, reason) in AbortReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, i, "ALL must follow discriminant order");
+            let watch = ConnectionWatch::new();
+            assert_eq!(watch.aborted(), None);
+            watch.abort(reason);
+            watch.abort(AbortReason::ALL[(i + 1) % AbortReason::ALL.len()]);
+            assert_eq!(watch.aborted(), Some(reason));
+        }
     }
 }
