@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 
+use crate::worker::waiting_on_connection;
+
 /// Size of the chunks read from a response [`Read`] source.
 pub(crate) const STREAM_CHUNK: usize = 16 * 1024;
 
@@ -146,11 +148,12 @@ impl Pipe {
                     "the client took no response bytes within the send timeout",
                 ));
             }
-            state = self
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            state = waiting_on_connection(|| {
+                self.changed
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            });
         }
         if state.consumer_gone {
             return Err(io::Error::new(
@@ -200,7 +203,11 @@ impl Pipe {
                 Some(End::Failed(kind, message)) => {
                     return Err(io::Error::new(*kind, message.to_string()))
                 }
-                None => state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+                None => {
+                    state = waiting_on_connection(|| {
+                        self.changed.wait(state).unwrap_or_else(|e| e.into_inner())
+                    })
+                }
             }
         }
     }

@@ -27,6 +27,8 @@
 
 mod body;
 mod conn;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod limits;
 mod reactor;
 mod server;

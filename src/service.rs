@@ -114,12 +114,12 @@ impl Dispatch {
 
     /// Hands a request with its body to the worker pool.
     fn submit(&self, request: Request, log: AccessLog, running: HandlerRunning) -> Arc<Slot> {
-        let slot = Arc::new(Slot::default());
+        let slot = Slot::new();
         let job = HandlerJob {
             service: self.ctx.service.clone(),
             request,
             info: self.info.clone(),
-            sender: SlotSender(slot.clone()),
+            sender: SlotSender::new(slot.clone()),
             log,
             _running: running,
             watch: self.watch.clone(),
@@ -469,12 +469,32 @@ enum SlotState {
     Taken,
 }
 
-#[derive(Default)]
 struct Slot {
     state: Mutex<SlotState>,
 }
 
+/// Response slots alive in the process: the fuzz harness checks that none outlives its
+/// connection (a leak the fuzzer found: every sent slot was forgotten).
+#[cfg(feature = "fuzzing")]
+pub(crate) static LIVE_SLOTS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg(feature = "fuzzing")]
+impl Drop for Slot {
+    fn drop(&mut self) {
+        LIVE_SLOTS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 impl Slot {
+    fn new() -> Arc<Slot> {
+        #[cfg(feature = "fuzzing")]
+        LIVE_SLOTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Arc::new(Slot {
+            state: Mutex::new(SlotState::Waiting),
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, SlotState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -482,21 +502,28 @@ impl Slot {
 
 /// The worker's end of the response slot. Dropped without sending, it records
 /// [`Outcome::Refused`], so a request is never left waiting forever.
-struct SlotSender(Arc<Slot>);
+struct SlotSender {
+    slot: Arc<Slot>,
+    sent: bool,
+}
 
 impl SlotSender {
-    /// Whether the connection dropped its end (the response future) already.
-    fn is_abandoned(&self) -> bool {
-        Arc::strong_count(&self.0) == 1
+    fn new(slot: Arc<Slot>) -> SlotSender {
+        SlotSender { slot, sent: false }
     }
 
-    fn send(self, outcome: Outcome) {
+    /// Whether the connection dropped its end (the response future) already.
+    fn is_abandoned(&self) -> bool {
+        Arc::strong_count(&self.slot) == 1
+    }
+
+    fn send(mut self, outcome: Outcome) {
         self.put(outcome);
-        std::mem::forget(self);
+        self.sent = true;
     }
 
     fn put(&self, outcome: Outcome) {
-        let previous = std::mem::replace(&mut *self.0.lock(), SlotState::Done(outcome));
+        let previous = std::mem::replace(&mut *self.slot.lock(), SlotState::Done(outcome));
         if let SlotState::WaitingWith(waker) = previous {
             waker.wake();
         }
@@ -505,7 +532,9 @@ impl SlotSender {
 
 impl Drop for SlotSender {
     fn drop(&mut self) {
-        self.put(Outcome::Refused(None));
+        if !self.sent {
+            self.put(Outcome::Refused(None));
+        }
     }
 }
 

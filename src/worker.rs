@@ -10,6 +10,28 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// Workers (in the whole process) blocked until their connection moves: waiting for
+/// request-body bytes or for room in a response pipe. The fuzz harness compares it with
+/// the busy count to tell when nothing can happen until the client sends more.
+#[cfg(feature = "fuzzing")]
+pub(crate) static WAITING_ON_CONNECTION: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// Runs `wait`, a blocking wait for the connection side, counted in
+/// `WAITING_ON_CONNECTION` when fuzzing.
+pub(crate) fn waiting_on_connection<T>(wait: impl FnOnce() -> T) -> T {
+    #[cfg(feature = "fuzzing")]
+    {
+        use std::sync::atomic::Ordering;
+        WAITING_ON_CONNECTION.fetch_add(1, Ordering::SeqCst);
+        let out = wait();
+        WAITING_ON_CONNECTION.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+    #[cfg(not(feature = "fuzzing"))]
+    wait()
+}
+
 /// A unit of blocking work.
 pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
 

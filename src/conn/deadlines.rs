@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::reactor::timer::{Deadline, TimerQueue};
+use crate::reactor::timer::{Clock, Deadline, TimerQueue};
 
 /// Why a connection is being cut.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +51,8 @@ impl AbortReason {
 
 /// Shared state of one connection, cheap to update from any thread.
 pub(crate) struct ConnectionWatch {
+    /// The reactor's clock.
+    clock: Clock,
     /// Reference point for the nanosecond timestamps below.
     epoch: Instant,
     /// Requests handed to the service whose responses are not finished.
@@ -76,9 +78,10 @@ pub(crate) struct ConnectionWatch {
 }
 
 impl ConnectionWatch {
-    pub(crate) fn new() -> Arc<ConnectionWatch> {
+    pub(crate) fn new(clock: Clock) -> Arc<ConnectionWatch> {
         Arc::new(ConnectionWatch {
-            epoch: Instant::now(),
+            epoch: clock.now(),
+            clock,
             in_flight: AtomicUsize::new(0),
             handlers: AtomicUsize::new(0),
             answered: AtomicUsize::new(0),
@@ -158,7 +161,7 @@ impl ConnectionWatch {
     /// The transport could not write: the socket is full.
     pub(crate) fn write_stalled(&self) {
         if self.write_stalled_since.load(Ordering::Relaxed) == 0 {
-            let now = self.nanos(Instant::now()) + 1;
+            let now = self.nanos(self.clock.now()) + 1;
             self.write_stalled_since.store(now, Ordering::Relaxed);
         }
     }
@@ -205,7 +208,7 @@ impl Drop for InFlight {
         if watch.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             watch
                 .idle_since
-                .store(watch.nanos(Instant::now()), Ordering::Release);
+                .store(watch.nanos(watch.clock.now()), Ordering::Release);
             // An HTTP/1 response ends inside the connection's own poll, which arms the idle
             // deadline right after; an HTTP/2 stream ends in its own task.
             if !watch.polling.load(Ordering::Relaxed) {
@@ -250,7 +253,7 @@ impl BodyDeadline {
     pub(crate) fn new(rate: BodyRate, timers: &Arc<TimerQueue>) -> BodyDeadline {
         BodyDeadline {
             rate,
-            timer: Deadline::new(timers, Instant::now() + rate.timeout),
+            timer: Deadline::new(timers, timers.now() + rate.timeout),
             received: 0,
             waited: Duration::ZERO,
             wait_started: None,
@@ -266,13 +269,13 @@ impl BodyDeadline {
     /// The body is waiting for the handler, not the client: the clock stops.
     pub(crate) fn pause(&mut self) {
         if let Some(started) = self.wait_started.take() {
-            self.waited += started.elapsed();
+            self.waited += self.timer.now().saturating_duration_since(started);
         }
     }
 
     /// Waiting for the client: `Ready` once the body is too slow.
     pub(crate) fn poll_expired(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let now = Instant::now();
+        let now = self.timer.now();
         let started = *self.wait_started.get_or_insert(now);
         // The total wait at which the average rate falls below the minimum.
         let allowed = if self.rate.min_rate == 0 {
@@ -306,7 +309,7 @@ mod tests {
     fn every_abort_reason_round_trips_and_the_first_one_wins() {
         for (i, reason) in AbortReason::ALL.into_iter().enumerate() {
             assert_eq!(reason as usize, i, "ALL must follow discriminant order");
-            let watch = ConnectionWatch::new();
+            let watch = ConnectionWatch::new(Clock::default());
             assert_eq!(watch.aborted(), None);
             watch.abort(reason);
             watch.abort(AbortReason::ALL[(i + 1) % AbortReason::ALL.len()]);

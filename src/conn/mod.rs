@@ -19,7 +19,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::{http1, http2};
-use mio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::reactor::task::{BoxFuture, Spawner};
@@ -30,7 +29,7 @@ use crate::service::{Dispatch, Service};
 use crate::worker::WorkerPool;
 use crate::Limits;
 use deadlines::{AbortReason, ConnectionWatch};
-use transport::Transport;
+use transport::{Socket, Transport};
 
 /// After GOAWAY for an idle or abusive HTTP/2 connection (or the idle close of an HTTP/1
 /// one), how long the connection may take to wind down before it is cut.
@@ -97,9 +96,9 @@ impl ServerContext {
 }
 
 /// The task for one accepted connection.
-pub(crate) fn serve(
+pub(crate) fn serve<S: Socket>(
     ctx: Arc<ServerContext>,
-    socket: TcpStream,
+    socket: S,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> BoxFuture {
@@ -107,7 +106,7 @@ pub(crate) fn serve(
     Box::pin(run(ctx, socket, peer, local).instrument(span))
 }
 
-async fn run(ctx: Arc<ServerContext>, socket: TcpStream, peer: SocketAddr, local: SocketAddr) {
+async fn run<S: Socket>(ctx: Arc<ServerContext>, socket: S, peer: SocketAddr, local: SocketAddr) {
     let tls = match &ctx.tls {
         Some(config) => match rustls::ServerConnection::new(config.clone()) {
             Ok(tls) => Some(tls),
@@ -118,7 +117,7 @@ async fn run(ctx: Arc<ServerContext>, socket: TcpStream, peer: SocketAddr, local
         },
         None => None,
     };
-    let watch = ConnectionWatch::new();
+    let watch = ConnectionWatch::new(ctx.reactor.timers.clock().clone());
     let mut transport = Transport::new(socket, tls, watch.clone());
     let Some(protocol) = open(&ctx, &mut transport).await else {
         return;
@@ -145,7 +144,7 @@ async fn run(ctx: Arc<ServerContext>, socket: TcpStream, peer: SocketAddr, local
 
 /// Handshake (TLS) or preface sniffing (plain) under the handshake deadline. Returns the
 /// protocol to speak, or `None` when the connection should just close.
-async fn open(ctx: &ServerContext, transport: &mut Transport) -> Option<Protocol> {
+async fn open<S: Socket>(ctx: &ServerContext, transport: &mut Transport<S>) -> Option<Protocol> {
     let is_tls = ctx.tls.is_some();
     let deadline = ctx.timer().deadline_in(ctx.limits.handshake_timeout);
     let reactor = &ctx.reactor;
@@ -193,13 +192,13 @@ trait GracefulShutdown: Future<Output = hyper::Result<()>> {
     fn begin_graceful_shutdown(self: Pin<&mut Self>);
 }
 
-impl GracefulShutdown for http1::Connection<Transport, Dispatch> {
+impl<S: Socket> GracefulShutdown for http1::Connection<Transport<S>, Dispatch> {
     fn begin_graceful_shutdown(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
 }
 
-impl GracefulShutdown for http2::Connection<Transport, Dispatch, Spawner> {
+impl<S: Socket> GracefulShutdown for http2::Connection<Transport<S>, Dispatch, Spawner> {
     fn begin_graceful_shutdown(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
@@ -239,7 +238,8 @@ async fn drive<C: GracefulShutdown>(
     let mut connection = pin!(connection);
     let mut graceful = false;
     let mut cut_at: Option<Instant> = None;
-    let mut deadline = ctx.timer().deadline_in(ctx.limits.idle_timeout);
+    let timer = ctx.timer();
+    let mut deadline = timer.deadline_in(ctx.limits.idle_timeout);
     poll_fn(|cx: &mut Context<'_>| {
         watch.register(cx.waker());
         let mut begin_graceful = |reason: Option<&str>| {
@@ -255,7 +255,7 @@ async fn drive<C: GracefulShutdown>(
             None => {}
             Some(reason @ (AbortReason::TooManyHandlers | AbortReason::ResetFlood)) => {
                 begin_graceful(Some(reason.as_str()));
-                cut_at.get_or_insert_with(|| Instant::now() + CLOSE_GRACE);
+                cut_at.get_or_insert_with(|| timer.now() + CLOSE_GRACE);
             }
             Some(reason) => return Poll::Ready(End::Cut(reason.as_str())),
         }
@@ -269,7 +269,7 @@ async fn drive<C: GracefulShutdown>(
             return Poll::Ready(End::Closed(result));
         }
         loop {
-            let now = Instant::now();
+            let now = timer.now();
             let mut next: Option<(Instant, Next)> = cut_at.map(|at| (at, Next::CloseGrace));
             let mut consider = |at: Instant, what: Next| {
                 if next.is_none_or(|(earliest, _)| at < earliest) {

@@ -1,6 +1,10 @@
 //! The accepted socket as hyper sees it: plain TCP or rustls over TCP, non-blocking,
 //! implementing `hyper::rt::Read` and `hyper::rt::Write`.
 //!
+//! The byte stream underneath is any [`Socket`]: a mio `TcpStream` when serving, an
+//! in-memory stream when a fuzz input is replayed (`crate::fuzzing`); everything above it
+//! is the same code.
+//!
 //! Every poll retries the system call and returns `Pending` only right after the socket
 //! answered `WouldBlock`; the reactor wakes the connection's task on the next readiness
 //! edge. So no edge can be missed, whatever happened between two polls. Decrypted bytes
@@ -22,9 +26,23 @@ use super::deadlines::ConnectionWatch;
 /// The HTTP/2 connection preface a client with prior knowledge (h2c) starts with.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// A non-blocking byte stream a connection runs over: reads and writes answer
+/// `WouldBlock` when they would wait, and the reactor wakes the connection's task when
+/// they can go on.
+pub(crate) trait Socket: Read + Write + Send + Unpin + 'static {
+    /// Closes the writing half (after the last response, or after close_notify).
+    fn shutdown_write(&mut self) -> io::Result<()>;
+}
+
+impl Socket for TcpStream {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
+
 /// One accepted connection's byte stream.
-pub(crate) struct Transport {
-    socket: TcpStream,
+pub(crate) struct Transport<S> {
+    socket: S,
     tls: Option<Box<ServerConnection>>,
     /// Bytes already read while sniffing for the h2c preface, served before the socket.
     sniffed: Bytes,
@@ -37,12 +55,12 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
-impl Transport {
+impl<S: Socket> Transport<S> {
     pub(crate) fn new(
-        socket: TcpStream,
+        socket: S,
         tls: Option<ServerConnection>,
         watch: Arc<ConnectionWatch>,
-    ) -> Transport {
+    ) -> Transport<S> {
         Transport {
             socket,
             tls: tls.map(Box::new),
@@ -144,7 +162,7 @@ impl Transport {
 }
 
 /// Best effort: after rustls rejected the peer's data it queues an alert; send it.
-fn send_alert(tls: &mut ServerConnection, socket: &mut TcpStream) {
+fn send_alert(tls: &mut ServerConnection, socket: &mut dyn Write) {
     while tls.wants_write() {
         if tls.write_tls(socket).is_err() {
             break;
@@ -152,7 +170,7 @@ fn send_alert(tls: &mut ServerConnection, socket: &mut TcpStream) {
     }
 }
 
-impl hyper::rt::Read for Transport {
+impl<S: Socket> hyper::rt::Read for Transport<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
@@ -223,7 +241,7 @@ impl hyper::rt::Read for Transport {
     }
 }
 
-impl hyper::rt::Write for Transport {
+impl<S: Socket> hyper::rt::Write for Transport<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
@@ -274,7 +292,7 @@ impl hyper::rt::Write for Transport {
                 other => return other,
             }
         }
-        match this.socket.shutdown(std::net::Shutdown::Write) {
+        match this.socket.shutdown_write() {
             Ok(()) => Poll::Ready(Ok(())),
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
             Err(e) => Poll::Ready(Err(e)),

@@ -13,24 +13,19 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use slab::Slab;
 
-use task::{BoxFuture, RunQueue, TaskId};
-use timer::TimerQueue;
+use task::{BoxFuture, Executor, RunQueue};
+use timer::{Clock, TimerQueue};
 
 /// Token of the waker that interrupts `poll` for wakes from other threads.
 const WAKER_TOKEN: Token = Token(usize::MAX);
 
 /// How long accepting pauses after the process ran out of file descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// How many rounds of ready tasks run before the reactor looks at the sockets again.
-const TASK_ROUNDS_PER_POLL: usize = 32;
 
 fn listener_token(index: usize) -> Token {
     Token(usize::MAX - 1 - index)
@@ -48,6 +43,14 @@ pub(crate) struct ReactorHandle {
 }
 
 impl ReactorHandle {
+    pub(crate) fn new(run_queue: Arc<RunQueue>, timers: Arc<TimerQueue>) -> Arc<ReactorHandle> {
+        Arc::new(ReactorHandle {
+            shutdown: AtomicBool::new(false),
+            run_queue,
+            timers,
+        })
+    }
+
     /// Asks the reactor to stop accepting and drain.
     pub(crate) fn begin_shutdown(&self) {
         self.shutdown.store(true, Ordering::Release);
@@ -59,14 +62,6 @@ impl ReactorHandle {
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
     }
-}
-
-struct Task {
-    id: Arc<TaskId>,
-    waker: Waker,
-    future: BoxFuture,
-    /// Connection tasks count against `max_connections` and keep a draining reactor alive.
-    is_connection: bool,
 }
 
 struct Listener {
@@ -84,7 +79,7 @@ pub(crate) struct ReactorConfig {
 pub(crate) struct Reactor {
     poll: Poll,
     listeners: Vec<Listener>,
-    tasks: Slab<Task>,
+    tasks: Executor,
     handle: Arc<ReactorHandle>,
     config: ReactorConfig,
     new_connection: Option<ConnectionFactory>,
@@ -97,11 +92,6 @@ pub(crate) struct Reactor {
     /// Set after EMFILE/ENFILE: accepting resumes at this instant.
     accept_paused_until: Option<Instant>,
     drain_deadline: Option<Instant>,
-    /// Tasks made ready by I/O events, to poll next.
-    ready: Vec<Arc<TaskId>>,
-    /// Scratch buffers of `run_tasks`.
-    polling: Vec<Arc<TaskId>>,
-    spawned: Vec<BoxFuture>,
 }
 
 impl Reactor {
@@ -113,7 +103,7 @@ impl Reactor {
         let poll = Poll::new()?;
         let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN)?;
         let run_queue = RunQueue::new(waker);
-        let timers = TimerQueue::new(run_queue.clone());
+        let timers = TimerQueue::new(run_queue.clone(), Clock::default());
         let mut registered = Vec::with_capacity(listeners.len());
         for (index, listener) in listeners.into_iter().enumerate() {
             listener.set_nonblocking(true)?;
@@ -126,12 +116,8 @@ impl Reactor {
         Ok(Reactor {
             poll,
             listeners: registered,
-            tasks: Slab::new(),
-            handle: Arc::new(ReactorHandle {
-                shutdown: AtomicBool::new(false),
-                run_queue,
-                timers,
-            }),
+            tasks: Executor::new(run_queue.clone()),
+            handle: ReactorHandle::new(run_queue, timers),
             config,
             new_connection: None,
             connections: 0,
@@ -139,9 +125,6 @@ impl Reactor {
             accept_again: false,
             accept_paused_until: None,
             drain_deadline: None,
-            ready: Vec::new(),
-            polling: Vec::new(),
-            spawned: Vec::new(),
         })
     }
 
@@ -154,7 +137,8 @@ impl Reactor {
         self.new_connection = Some(new_connection);
         let mut events = Events::with_capacity(1024);
         loop {
-            self.run_tasks();
+            let ended = self.tasks.run_ready();
+            self.connections_ended(ended);
             if self.drain_deadline.is_some() && self.connections == 0 {
                 tracing::info!("all connections drained");
                 return Ok(());
@@ -184,10 +168,8 @@ impl Reactor {
                 }
                 if token.0 >= usize::MAX - 1 - self.listeners.len() {
                     accept = true;
-                } else if let Some(task) = self.tasks.get(token.0) {
-                    if task.id.mark_queued() {
-                        self.ready.push(task.id.clone());
-                    }
+                } else {
+                    self.tasks.mark_ready(token.0);
                 }
             }
             let now = Instant::now();
@@ -208,7 +190,7 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.ready.is_empty() || self.accept_again || self.handle.run_queue.prepare_to_sleep() {
+        if self.tasks.has_ready() || self.accept_again || self.handle.run_queue.prepare_to_sleep() {
             return Some(Duration::ZERO);
         }
         let mut timeout = self.handle.timers.next_timeout(now);
@@ -233,11 +215,7 @@ impl Reactor {
             let _ = self.poll.registry().deregister(&mut listener.socket);
         }
         self.drain_deadline = Some(now + self.config.drain_timeout);
-        for (_, task) in self.tasks.iter() {
-            if task.id.mark_queued() {
-                self.ready.push(task.id.clone());
-            }
-        }
+        self.tasks.mark_all_ready();
     }
 
     /// Accepts until the listeners would block, the connection limit is reached, or the
@@ -288,7 +266,7 @@ impl Reactor {
         if let Err(error) = socket.set_nodelay(true) {
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
         }
-        let key = self.tasks.vacant_key();
+        let key = self.tasks.next_key();
         // Registered under the task's key before anything can make it ready, and the task
         // is polled right below, so a request already in the socket is never missed.
         if let Err(error) = self.poll.registry().register(
@@ -304,70 +282,21 @@ impl Reactor {
         };
         let future = new_connection(socket, peer, local_addr);
         self.connections += 1;
-        self.start_task(future, true);
-    }
-
-    /// Adds a task under the slab's next vacant key and polls it once.
-    fn start_task(&mut self, future: BoxFuture, is_connection: bool) {
-        let key = self.tasks.vacant_key();
-        let id = TaskId::new(key, &self.handle.run_queue);
-        self.tasks.insert(Task {
-            waker: Waker::from(id.clone()),
-            id,
-            future,
-            is_connection,
-        });
-        self.poll_task(key);
-    }
-
-    /// Polls every ready and newly spawned task, a bounded number of rounds.
-    fn run_tasks(&mut self) {
-        // Both buffers are kept across calls, so the hot path does not allocate.
-        let mut ready = std::mem::take(&mut self.polling);
-        let mut spawned = std::mem::take(&mut self.spawned);
-        for _ in 0..TASK_ROUNDS_PER_POLL {
-            self.handle.run_queue.take_spawned(&mut spawned);
-            for future in spawned.drain(..) {
-                self.start_task(future, false);
-            }
-            std::mem::swap(&mut ready, &mut self.ready);
-            self.handle.run_queue.take_ready(&mut self.ready);
-            ready.append(&mut self.ready);
-            if ready.is_empty() {
-                break;
-            }
-            for id in ready.drain(..) {
-                id.unqueue();
-                let current = self
-                    .tasks
-                    .get(id.key)
-                    .is_some_and(|task| Arc::ptr_eq(&task.id, &id));
-                if current {
-                    self.poll_task(id.key);
-                }
-            }
+        if self.tasks.start(future, true) {
+            self.connections_ended(1);
         }
-        ready.clear();
-        self.polling = ready;
-        self.spawned = spawned;
     }
 
-    fn poll_task(&mut self, key: usize) {
-        let Some(task) = self.tasks.get_mut(key) else {
-            return;
-        };
-        let mut cx = Context::from_waker(&task.waker);
-        if task.future.as_mut().poll(&mut cx).is_pending() {
+    /// Counts connection tasks that ended, and resumes accepting below the limit.
+    fn connections_ended(&mut self, ended: usize) {
+        if ended == 0 {
             return;
         }
-        let task = self.tasks.remove(key);
-        if task.is_connection {
-            self.connections -= 1;
-            if self.accept_full && self.connections < self.config.max_connections {
-                self.accept_full = false;
-                self.accept_again = true;
-                tracing::info!("below the connection limit again; accepting resumes");
-            }
+        self.connections -= ended;
+        if self.accept_full && self.connections < self.config.max_connections {
+            self.accept_full = false;
+            self.accept_again = true;
+            tracing::info!("below the connection limit again; accepting resumes");
         }
     }
 }

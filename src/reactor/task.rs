@@ -5,7 +5,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::Wake;
+use std::task::{Context, Wake, Waker};
+
+use slab::Slab;
 
 /// A task's future.
 pub(crate) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -155,5 +157,134 @@ where
         use tracing::Instrument;
         self.run_queue
             .spawn(Box::pin(future.instrument(tracing::Span::current())));
+    }
+}
+
+/// How many rounds of ready tasks run before the reactor looks at the sockets again.
+const TASK_ROUNDS_PER_POLL: usize = 32;
+
+struct Task {
+    id: Arc<TaskId>,
+    waker: Waker,
+    future: BoxFuture,
+    /// Connection tasks count against `max_connections` and keep a draining reactor alive.
+    is_connection: bool,
+}
+
+/// The reactor's tasks: a table of futures keyed by the token their socket is registered
+/// under, polled when an I/O event or a waker makes them ready.
+pub(crate) struct Executor {
+    tasks: Slab<Task>,
+    run_queue: Arc<RunQueue>,
+    /// Tasks made ready by I/O events, to poll next.
+    ready: Vec<Arc<TaskId>>,
+    /// Scratch buffers of `run_ready`, kept so that the hot path does not allocate.
+    polling: Vec<Arc<TaskId>>,
+    spawned: Vec<BoxFuture>,
+}
+
+impl Executor {
+    pub(crate) fn new(run_queue: Arc<RunQueue>) -> Executor {
+        Executor {
+            tasks: Slab::new(),
+            run_queue,
+            ready: Vec::new(),
+            polling: Vec::new(),
+            spawned: Vec::new(),
+        }
+    }
+
+    /// The key (and socket token) the next started task gets.
+    pub(crate) fn next_key(&self) -> usize {
+        self.tasks.vacant_key()
+    }
+
+    /// Tasks alive.
+    #[cfg_attr(not(feature = "fuzzing"), allow(dead_code))]
+    pub(crate) fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// An I/O event for the task under `key`.
+    pub(crate) fn mark_ready(&mut self, key: usize) {
+        if let Some(task) = self.tasks.get(key) {
+            if task.id.mark_queued() {
+                self.ready.push(task.id.clone());
+            }
+        }
+    }
+
+    /// Makes every task ready (shutdown: each connection begins to close).
+    pub(crate) fn mark_all_ready(&mut self) {
+        for (_, task) in self.tasks.iter() {
+            if task.id.mark_queued() {
+                self.ready.push(task.id.clone());
+            }
+        }
+    }
+
+    /// Whether tasks wait to be polled because of I/O events.
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// Adds a task under [`Executor::next_key`] and polls it once. True if it was a
+    /// connection and it has already ended.
+    pub(crate) fn start(&mut self, future: BoxFuture, is_connection: bool) -> bool {
+        let key = self.tasks.vacant_key();
+        let id = TaskId::new(key, &self.run_queue);
+        self.tasks.insert(Task {
+            waker: Waker::from(id.clone()),
+            id,
+            future,
+            is_connection,
+        });
+        self.poll(key)
+    }
+
+    /// Polls every ready and newly spawned task, a bounded number of rounds. Returns how
+    /// many connection tasks ended.
+    pub(crate) fn run_ready(&mut self) -> usize {
+        let mut ended = 0;
+        let mut ready = std::mem::take(&mut self.polling);
+        let mut spawned = std::mem::take(&mut self.spawned);
+        for _ in 0..TASK_ROUNDS_PER_POLL {
+            self.run_queue.take_spawned(&mut spawned);
+            for future in spawned.drain(..) {
+                self.start(future, false);
+            }
+            std::mem::swap(&mut ready, &mut self.ready);
+            self.run_queue.take_ready(&mut self.ready);
+            ready.append(&mut self.ready);
+            if ready.is_empty() {
+                break;
+            }
+            for id in ready.drain(..) {
+                id.unqueue();
+                let current = self
+                    .tasks
+                    .get(id.key)
+                    .is_some_and(|task| Arc::ptr_eq(&task.id, &id));
+                if current && self.poll(id.key) {
+                    ended += 1;
+                }
+            }
+        }
+        ready.clear();
+        self.polling = ready;
+        self.spawned = spawned;
+        ended
+    }
+
+    /// Polls one task; true if it was a connection and it ended.
+    fn poll(&mut self, key: usize) -> bool {
+        let Some(task) = self.tasks.get_mut(key) else {
+            return false;
+        };
+        let mut cx = Context::from_waker(&task.waker);
+        if task.future.as_mut().poll(&mut cx).is_pending() {
+            return false;
+        }
+        self.tasks.remove(key).is_connection
     }
 }

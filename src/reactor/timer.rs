@@ -7,11 +7,61 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::task::RunQueue;
+
+/// The time every deadline is measured on: the system's monotonic clock, or a manual one
+/// that moves only when told to, so that a recorded input (a fuzz case) replays exactly.
+#[derive(Clone, Default)]
+pub(crate) struct Clock {
+    manual: Option<Arc<ManualClock>>,
+}
+
+/// The hands of a manual [`Clock`].
+pub(crate) struct ManualClock {
+    start: Instant,
+    elapsed_nanos: AtomicU64,
+}
+
+impl Clock {
+    /// A clock that moves only by [`ManualClock::advance`].
+    #[cfg_attr(not(feature = "fuzzing"), allow(dead_code))]
+    pub(crate) fn manual() -> (Clock, Arc<ManualClock>) {
+        let hands = Arc::new(ManualClock {
+            start: Instant::now(),
+            elapsed_nanos: AtomicU64::new(0),
+        });
+        let clock = Clock {
+            manual: Some(hands.clone()),
+        };
+        (clock, hands)
+    }
+
+    /// The current instant.
+    pub(crate) fn now(&self) -> Instant {
+        match &self.manual {
+            None => Instant::now(),
+            Some(hands) => hands.now(),
+        }
+    }
+}
+
+impl ManualClock {
+    fn now(&self) -> Instant {
+        self.start + Duration::from_nanos(self.elapsed_nanos.load(Ordering::Acquire))
+    }
+
+    /// Moves the clock forward.
+    #[cfg_attr(not(feature = "fuzzing"), allow(dead_code))]
+    pub(crate) fn advance(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.elapsed_nanos.fetch_add(nanos, Ordering::AcqRel);
+    }
+}
 
 /// Key of one registered deadline: when it fires, and a sequence number that keeps equal
 /// instants apart.
@@ -21,6 +71,7 @@ type TimerKey = (Instant, u64);
 pub(crate) struct TimerQueue {
     state: Mutex<TimerState>,
     run_queue: Arc<RunQueue>,
+    clock: Clock,
 }
 
 struct TimerState {
@@ -29,14 +80,32 @@ struct TimerState {
 }
 
 impl TimerQueue {
-    pub(crate) fn new(run_queue: Arc<RunQueue>) -> Arc<TimerQueue> {
+    pub(crate) fn new(run_queue: Arc<RunQueue>, clock: Clock) -> Arc<TimerQueue> {
         Arc::new(TimerQueue {
             state: Mutex::new(TimerState {
                 pending: BTreeMap::new(),
                 next_seq: 0,
             }),
             run_queue,
+            clock,
         })
+    }
+
+    /// The current instant on this queue's clock.
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// The clock this queue's deadlines are measured on.
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The earliest pending deadline.
+    #[cfg_attr(not(feature = "fuzzing"), allow(dead_code))]
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let state = self.lock();
+        state.pending.first_key_value().map(|(&(at, _), _)| at)
     }
 
     fn lock(&self) -> MutexGuard<'_, TimerState> {
@@ -118,6 +187,11 @@ impl Deadline {
         self.at
     }
 
+    /// The current instant on this deadline's clock.
+    pub(crate) fn now(&self) -> Instant {
+        self.queue.now()
+    }
+
     /// Moves the deadline; the next poll registers the new instant.
     pub(crate) fn reset(&mut self, at: Instant) {
         if let Some(key) = self.key.take() {
@@ -132,7 +206,7 @@ impl Future for Deadline {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if Instant::now() >= this.at {
+        if this.queue.now() >= this.at {
             if let Some(key) = this.key.take() {
                 this.queue.cancel(key);
             }
@@ -166,7 +240,12 @@ impl ReactorTimer {
 
     /// A deadline `after` from now.
     pub(crate) fn deadline_in(&self, after: Duration) -> Deadline {
-        Deadline::new(&self.queue, Instant::now() + after)
+        Deadline::new(&self.queue, self.queue.now() + after)
+    }
+
+    /// The current instant on the reactor's clock.
+    pub(crate) fn now(&self) -> Instant {
+        self.queue.now()
     }
 }
 
@@ -177,6 +256,10 @@ impl hyper::rt::Timer for ReactorTimer {
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(Deadline::new(&self.queue, deadline))
+    }
+
+    fn now(&self) -> Instant {
+        self.queue.now()
     }
 
     fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
@@ -217,7 +300,7 @@ mod tests {
     fn queue() -> Arc<TimerQueue> {
         let poll = mio::Poll::new().unwrap();
         let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
-        TimerQueue::new(RunQueue::new(waker))
+        TimerQueue::new(RunQueue::new(waker), Clock::default())
     }
 
     #[test]
