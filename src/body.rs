@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 
-use crate::worker::waiting_on_connection;
-
 /// Size of the chunks read from a response [`Read`] source.
 pub(crate) const STREAM_CHUNK: usize = 16 * 1024;
 
@@ -39,6 +37,9 @@ struct PipeState {
     /// Waker of the asynchronous side (the producer for request bodies, the consumer for
     /// response bodies).
     waker: Option<Waker>,
+    /// The blocked side, as the fuzz harness counts it.
+    #[cfg(feature = "fuzzing")]
+    waiters: crate::worker::Waiters,
 }
 
 /// What [`Pipe::poll_room`] found.
@@ -69,6 +70,8 @@ impl Pipe {
                 consumer_gone: false,
                 response_done: false,
                 waker: None,
+                #[cfg(feature = "fuzzing")]
+                waiters: Default::default(),
             }),
             changed: Condvar::new(),
             capacity,
@@ -78,6 +81,41 @@ impl Pipe {
     fn lock(&self) -> MutexGuard<'_, PipeState> {
         // No code panics while holding this lock.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the blocked side.
+    fn notify_blocking_side(&self, state: &mut PipeState) {
+        #[cfg(feature = "fuzzing")]
+        state.waiters.release();
+        #[cfg(not(feature = "fuzzing"))]
+        let _ = state;
+        self.changed.notify_all();
+    }
+
+    /// Blocks until the other side changes something, at most `timeout`.
+    fn wait<'a>(
+        &self,
+        state: MutexGuard<'a, PipeState>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, PipeState> {
+        #[cfg(feature = "fuzzing")]
+        let mut state = state;
+        #[cfg(feature = "fuzzing")]
+        let ticket = state.waiters.enter();
+        let mut state = match timeout {
+            None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+            Some(timeout) => {
+                self.changed
+                    .wait_timeout(state, timeout)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+        };
+        #[cfg(feature = "fuzzing")]
+        state.waiters.leave(ticket);
+        #[cfg(not(feature = "fuzzing"))]
+        let _ = &mut state;
+        state
     }
 
     fn wake_async_side(mut state: MutexGuard<'_, PipeState>) {
@@ -130,8 +168,7 @@ impl Pipe {
         }
         state.buffered += chunk.len();
         state.chunks.push_back(chunk);
-        drop(state);
-        self.changed.notify_all();
+        self.notify_blocking_side(&mut state);
     }
 
     /// Blocking producer: waits for room (at most `timeout`), then queues the chunk. Fails
@@ -148,12 +185,7 @@ impl Pipe {
                     "the client took no response bytes within the send timeout",
                 ));
             }
-            state = waiting_on_connection(|| {
-                self.changed
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
-            });
+            state = self.wait(state, Some(left));
         }
         if state.consumer_gone {
             return Err(io::Error::new(
@@ -163,7 +195,7 @@ impl Pipe {
         }
         state.buffered += chunk.len();
         state.chunks.push_back(chunk);
-        self.changed.notify_all();
+        self.notify_blocking_side(&mut state);
         Self::wake_async_side(state);
         Ok(())
     }
@@ -177,7 +209,7 @@ impl Pipe {
                 Err(e) => End::Failed(e.kind(), e.to_string().into()),
             });
         }
-        self.changed.notify_all();
+        self.notify_blocking_side(&mut state);
         Self::wake_async_side(state);
     }
 
@@ -194,7 +226,7 @@ impl Pipe {
         loop {
             if let Some(chunk) = state.chunks.pop_front() {
                 state.buffered -= chunk.len();
-                self.changed.notify_all();
+                self.notify_blocking_side(&mut state);
                 Self::wake_async_side(state);
                 return Ok(Some(chunk));
             }
@@ -203,11 +235,7 @@ impl Pipe {
                 Some(End::Failed(kind, message)) => {
                     return Err(io::Error::new(*kind, message.to_string()))
                 }
-                None => {
-                    state = waiting_on_connection(|| {
-                        self.changed.wait(state).unwrap_or_else(|e| e.into_inner())
-                    })
-                }
+                None => state = self.wait(state, None),
             }
         }
     }
@@ -217,8 +245,7 @@ impl Pipe {
         let mut state = self.lock();
         if let Some(chunk) = state.chunks.pop_front() {
             state.buffered -= chunk.len();
-            drop(state);
-            self.changed.notify_all();
+            self.notify_blocking_side(&mut state);
             return Poll::Ready(Some(Ok(chunk)));
         }
         match &state.end {
@@ -239,7 +266,7 @@ impl Pipe {
         state.consumer_gone = true;
         state.chunks.clear();
         state.buffered = 0;
-        self.changed.notify_all();
+        self.notify_blocking_side(&mut state);
         Self::wake_async_side(state);
     }
 }

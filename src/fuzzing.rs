@@ -389,7 +389,10 @@ fn fuzz_limits() -> Limits {
         request_body_timeout: Duration::from_secs(2),
         min_rate_grace: Duration::from_secs(1),
         buffered_body_limit: 1024,
-        send_timeout: Duration::from_secs(2),
+        // A handler blocked on a full response pipe waits this long in real time (the
+        // in-memory socket itself never stalls): far beyond any input, so that replays
+        // do not depend on the machine's speed.
+        send_timeout: Duration::from_secs(3600),
         max_request_header_bytes: 8 * 1024,
         max_request_headers: 32,
         max_concurrent_streams: 8,
@@ -570,7 +573,7 @@ impl Harness {
         let mut ended = false;
         loop {
             ended |= self.executor.run_ready() > 0;
-            if self.handle.run_queue.has_work() {
+            if self.executor.has_ready() || self.handle.run_queue.has_work() {
                 rounds += 1;
                 assert!(
                     rounds <= MAX_SETTLE_ROUNDS,
@@ -579,13 +582,7 @@ impl Harness {
                 continue;
             }
             if self.workers_wait_for_connection() {
-                // Look twice: a worker that was just notified still counts as waiting
-                // until it runs.
-                std::thread::yield_now();
-                if !self.handle.run_queue.has_work() && self.workers_wait_for_connection() {
-                    return ended;
-                }
-                continue;
+                return ended;
             }
             assert!(
                 started.elapsed() < HANDLER_PATIENCE,
@@ -679,7 +676,8 @@ fn check_http1(mut out: &[u8]) {
             Err(error) => panic!("malformed response head ({error}): {:?}", lossy(out)),
         };
         let code = response.code.unwrap_or(0);
-        assert!((100..=599).contains(&code), "status code {code}");
+        // Three digits (RFC 9110 §15); handlers may use any code the http crate accepts.
+        assert!((100..=999).contains(&code), "status code {code}");
         let mut content_length = None;
         let mut chunked = false;
         for header in response.headers.iter() {

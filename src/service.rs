@@ -114,7 +114,7 @@ impl Dispatch {
 
     /// Hands a request with its body to the worker pool.
     fn submit(&self, request: Request, log: AccessLog, running: HandlerRunning) -> Arc<Slot> {
-        let slot = Slot::new();
+        let slot = Slot::new(SlotState::Waiting);
         let job = HandlerJob {
             service: self.ctx.service.clone(),
             request,
@@ -487,11 +487,11 @@ impl Drop for Slot {
 }
 
 impl Slot {
-    fn new() -> Arc<Slot> {
+    fn new(state: SlotState) -> Arc<Slot> {
         #[cfg(feature = "fuzzing")]
         LIVE_SLOTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Arc::new(Slot {
-            state: Mutex::new(SlotState::Waiting),
+            state: Mutex::new(state),
         })
     }
 
@@ -564,10 +564,7 @@ impl Drop for ResponseFuture {
 
 impl Dispatch {
     fn ready(&self, outcome: Outcome) -> ResponseFuture {
-        let slot = Slot {
-            state: Mutex::new(SlotState::Done(outcome)),
-        };
-        self.waiting(Arc::new(slot))
+        self.waiting(Slot::new(SlotState::Done(outcome)))
     }
 
     fn waiting(&self, slot: Arc<Slot>) -> ResponseFuture {

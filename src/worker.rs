@@ -17,19 +17,42 @@ use std::time::Duration;
 pub(crate) static WAITING_ON_CONNECTION: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
-/// Runs `wait`, a blocking wait for the connection side, counted in
-/// `WAITING_ON_CONNECTION` when fuzzing.
-pub(crate) fn waiting_on_connection<T>(wait: impl FnOnce() -> T) -> T {
-    #[cfg(feature = "fuzzing")]
-    {
-        use std::sync::atomic::Ordering;
-        WAITING_ON_CONNECTION.fetch_add(1, Ordering::SeqCst);
-        let out = wait();
-        WAITING_ON_CONNECTION.fetch_sub(1, Ordering::SeqCst);
-        out
+/// The threads blocked on one condition variable, counted in `WAITING_ON_CONNECTION`.
+/// Kept under the lock of the state they wait on. The side that wakes them stops counting
+/// them at once ([`Waiters::release`]), before they get to run, so the count never shows
+/// a thread that is about to move as waiting.
+#[cfg(feature = "fuzzing")]
+#[derive(Default)]
+pub(crate) struct Waiters {
+    counted: usize,
+    generation: u64,
+}
+
+#[cfg(feature = "fuzzing")]
+impl Waiters {
+    /// A thread is about to wait; returns its ticket.
+    pub(crate) fn enter(&mut self) -> u64 {
+        self.counted += 1;
+        WAITING_ON_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.generation
     }
-    #[cfg(not(feature = "fuzzing"))]
-    wait()
+
+    /// A thread stopped waiting (woken, timed out or spuriously).
+    pub(crate) fn leave(&mut self, ticket: u64) {
+        if ticket == self.generation {
+            self.counted -= 1;
+            WAITING_ON_CONNECTION.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Every waiting thread is being woken.
+    pub(crate) fn release(&mut self) {
+        if self.counted > 0 {
+            WAITING_ON_CONNECTION.fetch_sub(self.counted, std::sync::atomic::Ordering::SeqCst);
+            self.counted = 0;
+            self.generation += 1;
+        }
+    }
 }
 
 /// A unit of blocking work.
