@@ -39,6 +39,13 @@ use crate::server::Protocols;
 /// about what nginx's commonly recommended `ssl_session_cache shared:SSL:10m` holds (4000
 /// sessions per MB). The cache forgets the oldest sessions beyond this; each costs a few
 /// hundred bytes, so a full cache is about 10 MB.
+///
+/// ```
+/// // A caller-built configuration can use the same size.
+/// use portcullis::rustls::server::ServerSessionMemoryCache;
+/// let cache = ServerSessionMemoryCache::new(portcullis::SESSION_CACHE_SIZE);
+/// # let _ = cache;
+/// ```
 pub const SESSION_CACHE_SIZE: usize = 40_000;
 
 /// The TLS side of a server: certificates and keys (one per server name, plus a default),
@@ -233,6 +240,12 @@ impl TlsConfig {
     }
 
     /// The rustls configuration in use.
+    ///
+    /// ```
+    /// let tls = portcullis::TlsConfig::from_pem_files("certs/localhost.crt", "certs/localhost.key")?;
+    /// assert!(tls.rustls_config().ignore_client_order);
+    /// # Ok::<(), portcullis::TlsError>(())
+    /// ```
     pub fn rustls_config(&self) -> &Arc<ServerConfig> {
         &self.config
     }
