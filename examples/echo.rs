@@ -6,7 +6,7 @@
 //! curl --cacert certs/ca.crt --data-binary @some-file https://localhost:8443/
 //! ```
 //!
-//! Takes the same flags as `hello`.
+//! Takes the same flags as `hello`; `kill -HUP PID` reloads the certificate files.
 
 mod support;
 

@@ -5,7 +5,8 @@
 //! curl --cacert certs/ca.crt https://localhost:8443/
 //! ```
 //!
-//! Flags: `--addr`, `--cert`, `--key`, `--plain`, `--max-workers N` and more (`--help`).
+//! Flags: `--addr`, `--cert`, `--key`, `--plain`, `--sni`, `--redirect-from`,
+//! `--max-workers N` and more (`--help`). `kill -HUP PID` reloads the certificate files.
 
 mod support;
 

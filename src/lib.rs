@@ -21,6 +21,12 @@
 //! of worker threads, and its body streams between the two through bounded pipes. An idle
 //! or slow connection costs memory, never a thread. See the README for the path of a
 //! connection and [`Limits`] for every timeout and limit.
+//!
+//! For production HTTPS, [`TlsConfig`] picks certificates by server name
+//! ([`TlsConfig::with_sni`]), swaps them on a running server ([`CertReloader`]), resumes
+//! sessions by default, and checks client certificates
+//! ([`TlsConfig::require_client_cert`]); [`HttpsRedirect`] serves the plain-HTTP port
+//! (redirects and ACME http-01 challenges).
 
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
@@ -31,6 +37,7 @@ mod conn;
 pub mod fuzzing;
 mod limits;
 mod reactor;
+mod redirect;
 mod server;
 mod service;
 mod tls;
@@ -41,8 +48,9 @@ pub use bytes::Bytes;
 pub use conn::{ConnectionInfo, Protocol, TlsVersion};
 pub use http;
 pub use limits::Limits;
+pub use redirect::HttpsRedirect;
 pub use rustls;
 pub use server::{Protocols, Server, ServerHandle};
 pub use service::{Request, Response, Service};
-pub use tls::{TlsConfig, TlsError};
+pub use tls::{CertReloader, TlsConfig, TlsError, SESSION_CACHE_SIZE};
 pub use worker::PoolStats;

@@ -217,11 +217,13 @@ fn key_file_holding_a_certificate() {
 fn key_that_does_not_match_the_certificate() {
     let key = cert_path("example.com.key");
     let err = expect_error(&cert_path("localhost.crt"), &key);
-    assert!(matches!(err, TlsError::Rejected { .. }), "{err:?}");
-    assert!(
-        std::error::Error::source(&err).is_some(),
-        "Rejected carries rustls' reason"
-    );
+    match &err {
+        TlsError::KeyMismatch { cert, key: named } => {
+            assert_eq!(cert, &cert_path("localhost.crt"));
+            assert_eq!(named, &key);
+        }
+        other => panic!("expected KeyMismatch, got {other:?}"),
+    }
     assert_names(err, &key);
 }
 

@@ -1,10 +1,13 @@
-//! Flags shared by the examples: `--addr`, `--cert`, `--key`, `--plain`,
-//! `--max-workers N`, `--http1-only`, `--http2-only`, and the common limits (`--help`).
+//! Flags shared by the examples: `--addr`, `--cert`, `--key`, `--plain`, `--sni`,
+//! client certificates, `--redirect-from`, `--max-workers N`, `--http1-only`,
+//! `--http2-only`, and the common limits (`--help`). With TLS, `SIGHUP` reloads the
+//! certificate and key files.
 
 use std::time::Duration;
 
 use portcullis::{
-    ConnectionInfo, Limits, Protocols, Request, Response, Server, ServerHandle, TlsConfig,
+    CertReloader, ConnectionInfo, HttpsRedirect, Limits, Protocols, Request, Response, Server,
+    ServerHandle, TlsConfig,
 };
 
 /// Parsed command line.
@@ -13,6 +16,13 @@ pub struct Args {
     pub cert: String,
     pub key: String,
     pub plain: bool,
+    /// `(server name, certificate chain, key)` for SNI.
+    pub sni: Vec<(String, String, String)>,
+    /// CA file for client certificates, and whether a certificate is required.
+    pub client_ca: Option<(String, bool)>,
+    /// A plain-HTTP listener that redirects to HTTPS, and its ACME challenge directory.
+    pub redirect_from: Option<String>,
+    pub acme_dir: Option<String>,
     pub protocols: Protocols,
     pub limits: Limits,
 }
@@ -23,6 +33,11 @@ flags:
   --cert FILE              PEM certificate chain (default certs/localhost.crt)
   --key FILE               PEM private key (default certs/localhost.key)
   --plain                  plain HTTP/1.1 and h2c instead of HTTPS
+  --sni NAME=CERT,KEY      another certificate, for clients asking for NAME (repeatable)
+  --require-client-cert CA clients must present a certificate signed by CA (mTLS)
+  --request-client-cert CA ask for a client certificate signed by CA, accept none
+  --redirect-from ADDR     also listen on plain HTTP at ADDR and redirect (308) to HTTPS
+  --acme-dir DIR           serve /.well-known/acme-challenge/TOKEN from DIR (with --redirect-from)
   --http1-only             speak only HTTP/1.1
   --http2-only             speak only HTTP/2
   --max-workers N          worker threads at most (default 512)
@@ -34,7 +49,9 @@ flags:
   --body-timeout SECS      longest pause in a request body (default 60)
   --min-body-rate BYTES    slowest request body rate after 5 s, bytes/s (default 240)
   --send-timeout SECS      longest wait for the client to read (default 60)
-  --drain-timeout SECS     graceful shutdown deadline (default 30)";
+  --drain-timeout SECS     graceful shutdown deadline (default 30)
+SIGHUP re-reads the --cert/--key and --sni files; a bad file is logged and the old
+certificates stay in use.";
 
 impl Args {
     /// Reads `std::env::args`, exiting with a usage message on a bad flag.
@@ -45,6 +62,10 @@ impl Args {
             cert: format!("{dir}/certs/localhost.crt"),
             key: format!("{dir}/certs/localhost.key"),
             plain: false,
+            sni: Vec::new(),
+            client_ca: None,
+            redirect_from: None,
+            acme_dir: None,
             protocols: Protocols::Http1AndHttp2,
             limits: Limits::default(),
         };
@@ -59,6 +80,11 @@ impl Args {
                 "--cert" => args.cert = value(),
                 "--key" => args.key = value(),
                 "--plain" => args.plain = true,
+                "--sni" => args.sni.push(sni(&value())),
+                "--require-client-cert" => args.client_ca = Some((value(), true)),
+                "--request-client-cert" => args.client_ca = Some((value(), false)),
+                "--redirect-from" => args.redirect_from = Some(value()),
+                "--acme-dir" => args.acme_dir = Some(value()),
                 "--http1-only" => args.protocols = Protocols::Http1Only,
                 "--http2-only" => args.protocols = Protocols::Http2Only,
                 "--max-workers" => args.limits.max_workers = number(&flag, &value()),
@@ -83,7 +109,22 @@ impl Args {
         args
     }
 
-    /// Binds, configures TLS, spawns the server and prints the `listening on` line.
+    /// The TLS configuration the flags describe.
+    pub fn tls(&self) -> Result<TlsConfig, portcullis::TlsError> {
+        let mut tls = TlsConfig::from_pem_files(&self.cert, &self.key)?;
+        for (name, cert, key) in &self.sni {
+            tls = tls.with_sni(name, cert, key)?;
+        }
+        match &self.client_ca {
+            Some((ca, true)) => tls.require_client_cert(ca),
+            Some((ca, false)) => tls.request_client_cert(ca),
+            None => Ok(tls),
+        }
+    }
+
+    /// Binds, configures TLS, spawns the server and prints the `listening on` line; with
+    /// `--redirect-from`, also the plain-HTTP redirect listener. With TLS, SIGHUP reloads
+    /// the certificates.
     pub fn start<F>(&self, handler: F) -> std::io::Result<ServerHandle>
     where
         F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
@@ -92,15 +133,67 @@ impl Args {
             .protocols(self.protocols)
             .limits(self.limits.clone());
         if !self.plain {
-            server = server.tls(TlsConfig::from_pem_files(&self.cert, &self.key)?);
+            let tls = self.tls()?;
+            if let Some(reloader) = tls.reloader() {
+                reload_on_sighup(reloader)?;
+            }
+            server = server.tls(tls);
         }
         let handle = server.spawn(handler)?;
         let scheme = if self.plain { "http" } else { "https" };
         for addr in handle.local_addrs() {
             println!("listening on {scheme}://{addr}");
         }
+        if let Some(from) = &self.redirect_from {
+            let mut redirect = HttpsRedirect::new(handle.local_addrs()[0].port());
+            if let Some(dir) = &self.acme_dir {
+                redirect = redirect.acme_challenge_dir(dir);
+            }
+            let redirect = Server::bind(from.as_str())?.spawn_service(redirect)?;
+            for addr in redirect.local_addrs() {
+                println!("redirecting from http://{addr}");
+            }
+            // The thread owns the handle: dropping it would shut the listener down.
+            std::thread::spawn(move || redirect.join());
+        }
         Ok(handle)
     }
+}
+
+/// Reloads the certificates each time the process gets SIGHUP. SIGHUP is blocked in this
+/// thread (and so in every thread started after it: the server's reactor and workers) and
+/// taken with `sigwait` by one thread, so no async-signal-safe handler is needed. Call it
+/// before starting other threads.
+fn reload_on_sighup(reloader: CertReloader) -> std::io::Result<()> {
+    // SAFETY: `sigset_t` is plain data; `sigemptyset` initialises it before any other use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed signal set; SIGHUP is a valid signal.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+    }
+    // SAFETY: `set` is initialised; the old mask is not wanted (null is allowed).
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc));
+    }
+    std::thread::Builder::new()
+        .name("sighup-reload".into())
+        .spawn(move || loop {
+            let mut signal = 0;
+            // SAFETY: `set` is initialised and `signal` is a valid place to write to.
+            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                continue;
+            }
+            match reloader.reload() {
+                Ok(()) => println!("SIGHUP: reloaded the certificates"),
+                Err(error) => {
+                    eprintln!("SIGHUP: keeping the old certificates: {error}");
+                    tracing::error!(%error, "certificate reload failed");
+                }
+            }
+        })?;
+    Ok(())
 }
 
 /// Logs to stderr; `RUST_LOG` picks the level (default `info`).
@@ -111,6 +204,15 @@ pub fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// `NAME=CERT,KEY`.
+fn sni(value: &str) -> (String, String, String) {
+    let parsed = value.split_once('=').and_then(|(name, files)| {
+        let (cert, key) = files.split_once(',')?;
+        Some((name.to_string(), cert.to_string(), key.to_string()))
+    });
+    parsed.unwrap_or_else(|| fail(&format!("--sni takes NAME=CERT,KEY, not {value:?}")))
 }
 
 fn number(flag: &str, value: &str) -> usize {

@@ -4,6 +4,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rustls_pki_types::CertificateDer;
+
 /// The HTTP version a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -41,6 +43,7 @@ struct Inner {
     tls_version: Option<TlsVersion>,
     server_name: Option<Box<str>>,
     alpn: Option<Box<[u8]>>,
+    peer_certificates: Option<Box<[CertificateDer<'static>]>>,
 }
 
 /// Facts about the connection a request arrived on, handed to every handler call.
@@ -86,6 +89,10 @@ impl ConnectionInfo {
                 tls_version,
                 server_name: tls.and_then(|tls| tls.server_name()).map(Into::into),
                 alpn: tls.and_then(|tls| tls.alpn_protocol()).map(Into::into),
+                peer_certificates: tls
+                    .and_then(|tls| tls.peer_certificates())
+                    .filter(|chain| !chain.is_empty())
+                    .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect()),
             }),
         }
     }
@@ -115,7 +122,10 @@ impl ConnectionInfo {
         self.inner.tls_version
     }
 
-    /// The server name the client asked for (SNI), if it sent one.
+    /// The server name the client asked for (SNI, in lower case), if it sent one. The
+    /// certificate the connection got is the one configured for this name with
+    /// [`TlsConfig::with_sni`](crate::TlsConfig::with_sni), or the default certificate
+    /// when the name has none (or the client sent no name).
     pub fn server_name(&self) -> Option<&str> {
         self.inner.server_name.as_deref()
     }
@@ -123,5 +133,32 @@ impl ConnectionInfo {
     /// The ALPN protocol identifier negotiated (`b"h2"`, `b"http/1.1"`), if any.
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.inner.alpn.as_deref()
+    }
+
+    /// The client's certificate chain (leaf first, DER), verified against the CA given to
+    /// [`TlsConfig::require_client_cert`](crate::TlsConfig::require_client_cert) or
+    /// [`request_client_cert`](crate::TlsConfig::request_client_cert); `None` when the
+    /// client sent no certificate (or the connection is not TLS, or the server does not
+    /// ask for one). On a resumed TLS session it is the chain verified at the first
+    /// handshake.
+    ///
+    /// ```no_run
+    /// use portcullis::{http, Body, ConnectionInfo, Request, Response};
+    ///
+    /// fn handler(_req: Request, info: ConnectionInfo) -> Response {
+    ///     match info.peer_certificates() {
+    ///         Some(chain) => Response::new(Body::from(format!(
+    ///             "hello, holder of a {}-byte client certificate\n",
+    ///             chain[0].len()
+    ///         ))),
+    ///         None => http::Response::builder()
+    ///             .status(401)
+    ///             .body(Body::from("a client certificate is needed\n"))
+    ///             .unwrap_or_default(),
+    ///     }
+    /// }
+    /// ```
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.inner.peer_certificates.as_deref()
     }
 }
