@@ -27,6 +27,7 @@
 
 mod body;
 mod conn;
+pub mod files;
 mod limits;
 mod reactor;
 mod server;
@@ -37,6 +38,7 @@ mod worker;
 pub use body::{Body, Chunks};
 pub use bytes::Bytes;
 pub use conn::{ConnectionInfo, Protocol, TlsVersion};
+pub use files::StaticFiles;
 pub use http;
 pub use limits::Limits;
 pub use rustls;
