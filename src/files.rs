@@ -29,10 +29,10 @@
 //! | `If-Match` with no strong match, else `If-Unmodified-Since` older than the file | `412` |
 //! | a directory, path ending in `/` | its `index.html` if there is one, else an HTML listing (names escaped; off with [`StaticFiles::directory_listing`]) |
 //! | a directory, path without the final `/` | `301` to the same path with `/` (so relative links work) |
-//! | a path that leaves the root: `..` (also as `%2e%2e`), an encoded `/` or `\` (`%2f`, `%5c`), a NUL byte, a name that is not UTF-8, or a symbolic link that resolves outside the root | `404`, exactly as for a file that does not exist: nothing tells a client what lies outside |
+//! | a path that could leave the root: any `..` segment (also as `%2e%2e`, even where it would stay inside), an encoded `/` or `\` (`%2f`, `%5c`), a NUL byte, a name that is not UTF-8, or a symbolic link that resolves outside the root | `404`, exactly as for a file that does not exist: nothing tells a client what lies outside |
 //! | a malformed percent escape (`%zz`), a request target that is not a path | `400` |
 //! | a file the server may not read | `403` |
-//! | anything but a regular file or directory (a FIFO, a device) | `404`, without opening it |
+//! | anything but a regular file or directory (a FIFO, a device), or a file named with a final `/` | `404`, without opening it |
 //! | a method other than `GET` and `HEAD` | `405` with `Allow: GET, HEAD` |
 //!
 //! Every path is resolved with symbolic links followed ([`std::fs::canonicalize`]) and must
@@ -210,7 +210,8 @@ impl StaticFiles {
             }
             return listing(&path, &segments, head);
         }
-        if !metadata.is_file() {
+        // A final `/` names a directory; a file there (`/a.txt/`) is not found.
+        if !metadata.is_file() || request.uri().path().ends_with('/') {
             return text_response(StatusCode::NOT_FOUND, head);
         }
         self.file(request, &path, &metadata, head)
