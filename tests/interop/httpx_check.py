@@ -40,7 +40,12 @@ def check_concurrent(c, url, n=50):
     return ok == n
 
 
-def check_upload(c, url, chunks=512, chunk_size=64 * 1024):
+# httpx (httpcore) is half duplex on HTTP/2: it sends the whole request body before it reads
+# any of the response, and opens a 16 MiB receive window per stream (2**24). The echo
+# route streams the response while the upload is still arriving, so the echo must fit
+# in that window: with more than ~16 MiB in flight both sides wait on each other until
+# the server's send timeout (60 s) cuts the connection. 8 MiB stays well inside it.
+def check_upload(c, url, chunks=128, chunk_size=64 * 1024):
     sent = hashlib.sha256()
 
     def body():

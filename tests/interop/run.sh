@@ -305,21 +305,22 @@ curl_upload() { # curl_upload PROTO-FLAG: 100 MiB PUT to echo, streamed back
 
 curl_expect() {
   need curl || return 1
-  local out sum
-  out=$("${CURL[@]}" --http1.1 -v -H 'Expect: 100-continue' --expect100-timeout 30 \
-    --data-binary "@$TMP/4MiB.bin" -o "$TMP/expect.bin" -w '%{http_code}' \
-    "https://127.0.0.1:$ECHO/echo" 2>"$TMP/curl-expect.err") || { echo "curl failed"; return 1; }
-  sum=$(sha256sum <"$TMP/expect.bin" | cut -d' ' -f1)
-  if ! grep -q '^> Expect: 100-continue' "$TMP/curl-expect.err"; then
-    echo "curl did not send Expect: 100-continue"
-    return 1
+  local out rc=0 sum cont
+  # A long expect timeout: curl sends the body only once 100 Continue arrives.
+  out=$("${CURL[@]}" --max-time 30 --http1.1 -v -H 'Expect: 100-continue' --expect100-timeout 20 \
+    --data-binary "@$TMP/4MiB.bin" -o "$TMP/expect.bin" -w '%{http_code} %{size_upload}' \
+    "https://127.0.0.1:$ECHO/echo" 2>"$TMP/curl-expect.err") || rc=$?
+  sum=$(sha256sum <"$TMP/expect.bin" 2>/dev/null | cut -d' ' -f1)
+  grep -q '^> Expect: 100-continue' "$TMP/curl-expect.err" ||
+    { echo "curl did not send Expect: 100-continue"; return 1; }
+  if grep -q '^< HTTP/1.1 100 Continue' "$TMP/curl-expect.err"; then
+    cont="100 Continue received"
+  else
+    cont="NO 100 Continue before the final response"
   fi
-  if ! grep -q '^< HTTP/1.1 100 Continue' "$TMP/curl-expect.err"; then
-    echo "no 100 Continue received (final status $out)"
-    return 1
-  fi
-  echo "100 Continue received, then $out; 4 MiB echoed, sha256 $([ "$sum" = "$SUM4" ] && echo matches || echo DIFFERS)"
-  [ "$out" = 200 ] && [ "$sum" = "$SUM4" ]
+  set -- $out
+  echo "$cont; final ${1:-none}, curl exit $rc, sent ${2:-0} of 4194304 bytes, echo sha256 $([ "$sum" = "$SUM4" ] && echo matches || echo DIFFERS)"
+  [ "$cont" = "100 Continue received" ] && [ "$rc" = 0 ] && [ "${1:-}" = 200 ] && [ "$sum" = "$SUM4" ]
 }
 
 curl_chunked() {
@@ -379,7 +380,8 @@ nghttp_settings() {
   out=$(timeout 30 nghttp -nv "https://127.0.0.1:$HELLO/" 2>&1)
   echo "$out" >"$TMP/nghttp-settings.txt"
   # The server's SETTINGS frame is the first one nghttp receives.
-  settings=$(awk '/recv SETTINGS frame/ { on = 1; next } on && /\[SETTINGS_/ { print; next } on { exit }' <<<"$out" |
+  settings=$(awk '/recv SETTINGS frame/ { on = 1; next } on && /\(niv=/ { next }
+    on && /\[SETTINGS_/ { print; next } on { exit }' <<<"$out" |
     tr -d ' []' | sed 's/(0x[0-9a-f]*)//' | paste -sd' ')
   streams=$(grep -o 'SETTINGS_MAX_CONCURRENT_STREAMS:[0-9]*' <<<"$settings" | cut -d: -f2)
   header_list=$(grep -o 'SETTINGS_MAX_HEADER_LIST_SIZE:[0-9]*' <<<"$settings" | cut -d: -f2)
@@ -447,10 +449,10 @@ rank = {"OK": 0, "INFO": 0, "LOW": 1, "MEDIUM": 2, "HIGH": 3, "CRITICAL": 4}
 sections = {
     "protocols": ("SSLv2", "TLS1_3", "ALPN_HTTP2"),
     "ciphers": ("cipherlist_NULL", "cipherlist_AVERAGE", "cipherlist_STRONG"),
-    "forward secrecy": ("FS",),
+    "forward secrecy": ("PFS", "FS"),
     "server preferences": ("cipher_order",),
     "server defaults": ("cert_chain_of_trust", "cert_validityPeriod"),
-    "headers": ("HSTS",),
+    "headers": ("HSTS_time", "HSTS", "security_headers", "X-Content-Type-Options"),
     "vulnerabilities": ("heartbleed", "ROBOT", "LUCKY13"),
 }
 ids = {f["id"] for f in findings}
