@@ -148,20 +148,22 @@ impl StaticFiles {
     ///
     /// ```
     /// use portcullis::files::StaticFiles;
-    /// use portcullis::{http, Body, Response};
+    /// use portcullis::{http, Body, ConnectionInfo, Request, Response};
     ///
     /// let files = StaticFiles::new(".")?;
-    /// let handler = move |req: portcullis::Request, _info| -> Response {
-    ///     match req.uri().path().strip_prefix("/static") {
-    ///         Some(rest) if rest.starts_with('/') => {
-    ///             let inner = http::Request::get(rest).body(()).unwrap();
-    ///             let mut inner = inner;
-    ///             *inner.method_mut() = req.method().clone();
-    ///             *inner.headers_mut() = req.headers().clone();
-    ///             files.respond(&inner)
-    ///         }
-    ///         _ => Response::new(Body::from("not static\n")),
+    /// // `/static/...` comes from the directory, everything else from the handler.
+    /// let handler = move |req: Request, _info: ConnectionInfo| -> Response {
+    ///     let Some(rest) = req.uri().path().strip_prefix("/static/") else {
+    ///         return Response::new(Body::from("not static\n"));
+    ///     };
+    ///     let mut inner = http::Request::new(());
+    ///     *inner.method_mut() = req.method().clone();
+    ///     *inner.headers_mut() = req.headers().clone();
+    ///     match format!("/{rest}").parse() {
+    ///         Ok(uri) => *inner.uri_mut() = uri,
+    ///         Err(_) => return Response::new(Body::from("bad path\n")),
     ///     }
+    ///     files.respond(&inner)
     /// };
     /// # let _ = handler;
     /// # Ok::<(), std::io::Error>(())
