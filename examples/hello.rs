@@ -10,11 +10,26 @@
 
 mod support;
 
+use portcullis::http::header::{self, HeaderValue};
 use portcullis::{Body, Response};
 
 fn main() -> std::io::Result<()> {
     support::init_logging();
     let args = support::Args::parse();
-    let server = args.start(|_req, _info| Response::new(Body::from("Hello, World!\n")))?;
+    let server = args.start(|_req, _info| {
+        let mut response = Response::new(Body::from("Hello, World!\n"));
+        let headers = response.headers_mut();
+        // Browsers use HTTPS only for this host for a year (HSTS), and trust the content
+        // type as sent; tests/interop/run.sh checks both with testssl.sh.
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        response
+    })?;
     server.join()
 }

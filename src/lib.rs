@@ -33,6 +33,7 @@
 
 mod body;
 mod conn;
+pub mod files;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod limits;
@@ -46,6 +47,7 @@ mod worker;
 pub use body::{Body, Chunks};
 pub use bytes::Bytes;
 pub use conn::{ConnectionInfo, Protocol, TlsVersion};
+pub use files::StaticFiles;
 pub use http;
 pub use limits::Limits;
 pub use redirect::HttpsRedirect;
