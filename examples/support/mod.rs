@@ -25,6 +25,8 @@ pub struct Args {
     pub acme_dir: Option<String>,
     pub protocols: Protocols,
     pub limits: Limits,
+    /// The directory `file_server` serves (`--root`, default the current directory).
+    pub root: String,
 }
 
 const USAGE: &str = "\
@@ -38,6 +40,7 @@ flags:
   --request-client-cert CA ask for a client certificate signed by CA, accept none
   --redirect-from ADDR     also listen on plain HTTP at ADDR and redirect (308) to HTTPS
   --acme-dir DIR           serve /.well-known/acme-challenge/TOKEN from DIR (with --redirect-from)
+  --root DIR               file_server: the directory to serve (default .)
   --http1-only             speak only HTTP/1.1
   --http2-only             speak only HTTP/2
   --max-workers N          worker threads at most (default 512)
@@ -68,6 +71,7 @@ impl Args {
             acme_dir: None,
             protocols: Protocols::Http1AndHttp2,
             limits: Limits::default(),
+            root: ".".into(),
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -85,6 +89,7 @@ impl Args {
                 "--request-client-cert" => args.client_ca = Some((value(), false)),
                 "--redirect-from" => args.redirect_from = Some(value()),
                 "--acme-dir" => args.acme_dir = Some(value()),
+                "--root" => args.root = value(),
                 "--http1-only" => args.protocols = Protocols::Http1Only,
                 "--http2-only" => args.protocols = Protocols::Http2Only,
                 "--max-workers" => args.limits.max_workers = number(&flag, &value()),
