@@ -34,6 +34,11 @@ struct PipeState {
     consumer_gone: bool,
     /// The response to the request whose body this is has been sent.
     response_done: bool,
+    /// The producer has started reading from the client since the consumer first asked.
+    producer_reading: bool,
+    /// Waits for `producer_reading` (an HTTP/1 response held back until `100 Continue`
+    /// is queued).
+    reading_waker: Option<Waker>,
     /// Waker of the asynchronous side (the producer for request bodies, the consumer for
     /// response bodies).
     waker: Option<Waker>,
@@ -69,6 +74,8 @@ impl Pipe {
                 demanded: false,
                 consumer_gone: false,
                 response_done: false,
+                producer_reading: false,
+                reading_waker: None,
                 waker: None,
                 #[cfg(feature = "fuzzing")]
                 waiters: Default::default(),
@@ -120,10 +127,52 @@ impl Pipe {
 
     fn wake_async_side(mut state: MutexGuard<'_, PipeState>) {
         let waker = state.waker.take();
+        let reading_waker = state.reading_waker.take();
         drop(state);
-        if let Some(waker) = waker {
+        for waker in [waker, reading_waker].into_iter().flatten() {
             waker.wake();
         }
+    }
+
+    /// The consumer asks for data: a producer waiting for demand may start.
+    fn demand(state: &mut PipeState) {
+        if !state.demanded {
+            state.demanded = true;
+            if let Some(waker) = state.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// For a request body whose handler has returned without reading it: if the body is
+    /// still wanted (it is, say, inside the response), asks the producer to start, as a
+    /// first read would. Returns whether it is still wanted.
+    pub(crate) fn demand_if_wanted(&self) -> bool {
+        let mut state = self.lock();
+        if state.consumer_gone {
+            return false;
+        }
+        Self::demand(&mut state);
+        true
+    }
+
+    /// Asynchronous producer: about to read from the client for the consumer.
+    pub(crate) fn mark_reading(&self) {
+        let mut state = self.lock();
+        state.producer_reading = true;
+        if let Some(waker) = state.reading_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Ready once the producer has started reading (or can no longer).
+    pub(crate) fn poll_reading(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if state.producer_reading || state.end.is_some() || state.consumer_gone {
+            return Poll::Ready(());
+        }
+        state.reading_waker = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// Asynchronous producer: whether a chunk may be pushed now. With `wait_for_demand`
@@ -217,12 +266,7 @@ impl Pipe {
     /// one (a truncated body is never reported as a clean end).
     pub(crate) fn pop_blocking(&self) -> io::Result<Option<Bytes>> {
         let mut state = self.lock();
-        if !state.demanded {
-            state.demanded = true;
-            if let Some(waker) = state.waker.take() {
-                waker.wake();
-            }
-        }
+        Self::demand(&mut state);
         loop {
             if let Some(chunk) = state.chunks.pop_front() {
                 state.buffered -= chunk.len();
@@ -243,6 +287,8 @@ impl Pipe {
     /// Asynchronous consumer: the next chunk, or the end.
     pub(crate) fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
         let mut state = self.lock();
+        // A request body sent on as a response body is read here, not by the handler.
+        Self::demand(&mut state);
         if let Some(chunk) = state.chunks.pop_front() {
             state.buffered -= chunk.len();
             self.notify_blocking_side(&mut state);

@@ -211,8 +211,12 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
             self.watch.clone(),
         )));
         log.request_body = Some(pipe.clone());
+        let awaiting_continue =
+            (expects_continue && protocol == Protocol::Http1).then(|| pipe.clone());
         let request = http::Request::from_parts(parts, Body::incoming(pipe));
-        self.waiting(self.submit(request, log, running))
+        let mut future = self.waiting(self.submit(request, log, running));
+        future.awaiting_continue = awaiting_continue;
+        future
     }
 }
 
@@ -343,6 +347,7 @@ async fn pump_request_body(
     watch: Arc<ConnectionWatch>,
 ) {
     let mut discarding = false;
+    let mut reading = false;
     let result = poll_fn(|cx| loop {
         if !discarding {
             match pipe.poll_room(cx, expects_continue) {
@@ -357,6 +362,11 @@ async fn pump_request_body(
                     Protocol::Http1 => discarding = true,
                 },
             }
+        }
+        if !reading {
+            // Polling the body makes hyper queue `100 Continue` (HTTP/1).
+            reading = true;
+            pipe.mark_reading();
         }
         match Pin::new(&mut incoming).poll_frame(cx) {
             Poll::Pending => {
@@ -541,6 +551,10 @@ impl Drop for SlotSender {
 enum State {
     Collecting(Box<Collecting>),
     Waiting(Arc<Slot>),
+    /// HTTP/1 with `Expect: 100-continue`: the handler returned without reading its body
+    /// but kept it (inside the response, say). hyper sends `100 Continue` only until a
+    /// response head is written, so the head waits until the body has started to be read.
+    Continuing(Option<Box<Outcome>>, Arc<Pipe>),
     Done,
 }
 
@@ -552,6 +566,8 @@ pub(crate) struct ResponseFuture {
     watch: Arc<ConnectionWatch>,
     /// Abandoned requests tolerated before the abandoned/answered ratio applies.
     reset_allowance: usize,
+    /// HTTP/1 with `Expect: 100-continue`: the body, not yet asked for by the handler.
+    awaiting_continue: Option<Arc<Pipe>>,
 }
 
 impl Drop for ResponseFuture {
@@ -579,6 +595,7 @@ impl Dispatch {
             // A browser leaving a page may reset every stream in flight at once; twice
             // the stream limit keeps that well clear of the flood rule.
             reset_allowance: 2 * self.ctx.limits.max_concurrent_streams as usize,
+            awaiting_continue: None,
         }
     }
 }
@@ -695,9 +712,27 @@ impl Future for ResponseFuture {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(outcome) => outcome,
                     };
+                    if let Some(pipe) = this.awaiting_continue.take() {
+                        if pipe.demand_if_wanted() {
+                            this.state = State::Continuing(Some(Box::new(outcome)), pipe);
+                            continue;
+                        }
+                    }
                     this.state = State::Done;
                     this.watch.request_answered();
                     return Poll::Ready(this.answer(outcome));
+                }
+                State::Continuing(outcome, pipe) => {
+                    if pipe.poll_reading(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let outcome = outcome.take();
+                    this.state = State::Done;
+                    let Some(outcome) = outcome else {
+                        return Poll::Pending;
+                    };
+                    this.watch.request_answered();
+                    return Poll::Ready(this.answer(*outcome));
                 }
                 State::Done => return Poll::Pending,
             }
