@@ -6,9 +6,11 @@
 //! task once at once (the request may already be in the socket). From then on every
 //! readiness event for the token wakes the task, and the task retries its I/O.
 
+pub(crate) mod leader;
 pub(crate) mod task;
 pub(crate) mod timer;
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,6 +94,12 @@ pub(crate) struct Reactor {
     /// Set after EMFILE/ENFILE: accepting resumes at this instant.
     accept_paused_until: Option<Instant>,
     drain_deadline: Option<Instant>,
+    events: Events,
+    /// Handler jobs the leader has yet to run inline (see [`leader`]); they travel with
+    /// the reactor when another thread takes it over.
+    inline_jobs: VecDeque<leader::Deferred>,
+    /// Scratch list that collects the jobs deferred during a turn.
+    deferred: Vec<leader::Deferred>,
 }
 
 impl Reactor {
@@ -125,6 +133,9 @@ impl Reactor {
             accept_again: false,
             accept_paused_until: None,
             drain_deadline: None,
+            events: Events::with_capacity(1024),
+            inline_jobs: VecDeque::new(),
+            deferred: Vec::new(),
         })
     }
 
@@ -132,61 +143,77 @@ impl Reactor {
         &self.handle
     }
 
-    /// Runs until shutdown has drained every connection (or the drain timeout passed).
-    pub(crate) fn run(mut self, new_connection: ConnectionFactory) -> io::Result<()> {
+    /// Runs until shutdown has drained every connection (or the drain timeout passed). The
+    /// calling thread leads; complete requests run their handlers inline, and other threads
+    /// take the reactor over when one blocks (see [`leader`]). Jobs that do not run inline go
+    /// to `pool`, which also holds a place for each inline one.
+    pub(crate) fn run(
+        mut self,
+        new_connection: ConnectionFactory,
+        pool: crate::worker::WorkerPool,
+    ) -> io::Result<()> {
         self.new_connection = Some(new_connection);
-        let mut events = Events::with_capacity(1024);
-        loop {
-            let ended = self.tasks.run_ready();
-            self.connections_ended(ended);
-            if self.drain_deadline.is_some() && self.connections == 0 {
-                tracing::info!("all connections drained");
-                return Ok(());
-            }
-            let now = Instant::now();
-            if let Some(deadline) = self.drain_deadline {
-                if now >= deadline {
-                    tracing::warn!(
-                        connections = self.connections,
-                        "drain timeout passed; closing the remaining connections"
-                    );
-                    return Ok(());
-                }
-            }
-            let timeout = self.poll_timeout(now);
-            match self.poll.poll(&mut events, timeout) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-            self.handle.run_queue.clear_notified();
-            let mut accept = std::mem::take(&mut self.accept_again);
-            for event in events.iter() {
-                let token = event.token();
-                if token == WAKER_TOKEN {
-                    continue;
-                }
-                if token.0 >= usize::MAX - 1 - self.listeners.len() {
-                    accept = true;
-                } else {
-                    self.tasks.mark_ready(token.0);
-                }
-            }
-            let now = Instant::now();
-            self.handle.timers.fire_expired(now);
-            if self.handle.is_shutting_down() && self.drain_deadline.is_none() {
-                self.begin_drain(now);
-            }
-            if let Some(until) = self.accept_paused_until {
-                if now >= until {
-                    self.accept_paused_until = None;
-                    accept = true;
-                }
-            }
-            if accept {
-                self.accept_ready();
+        leader::run(Box::new(self), pool)
+    }
+
+    /// One turn of the event loop: polls ready tasks, then (unless they deferred handler
+    /// jobs, which the leader runs first) waits for I/O, timers or wakes. `Some` once the
+    /// reactor has stopped.
+    fn turn(&mut self) -> Option<io::Result<()>> {
+        let ended = self.tasks.run_ready();
+        self.connections_ended(ended);
+        if self.drain_deadline.is_some() && self.connections == 0 {
+            tracing::info!("all connections drained");
+            return Some(Ok(()));
+        }
+        let now = Instant::now();
+        if let Some(deadline) = self.drain_deadline {
+            if now >= deadline {
+                tracing::warn!(
+                    connections = self.connections,
+                    "drain timeout passed; closing the remaining connections"
+                );
+                return Some(Ok(()));
             }
         }
+        if leader::has_deferred() {
+            return None;
+        }
+        let timeout = self.poll_timeout(now);
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Some(Err(e)),
+        }
+        self.handle.run_queue.clear_notified();
+        let mut accept = std::mem::take(&mut self.accept_again);
+        let first_listener = usize::MAX - 1 - self.listeners.len();
+        for event in self.events.iter() {
+            let token = event.token();
+            if token == WAKER_TOKEN {
+                continue;
+            }
+            if token.0 >= first_listener {
+                accept = true;
+            } else {
+                self.tasks.mark_ready(token.0);
+            }
+        }
+        let now = Instant::now();
+        self.handle.timers.fire_expired(now);
+        if self.handle.is_shutting_down() && self.drain_deadline.is_none() {
+            self.begin_drain(now);
+        }
+        if let Some(until) = self.accept_paused_until {
+            if now >= until {
+                self.accept_paused_until = None;
+                accept = true;
+            }
+        }
+        if accept {
+            self.accept_ready();
+        }
+        None
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
