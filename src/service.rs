@@ -1,5 +1,7 @@
-//! The handler trait, and its glue to hyper: each request is handed to a worker thread
-//! and the connection awaits the response without blocking the reactor.
+//! The handler trait, and its glue to hyper: each request is handed to a worker thread (or,
+//! when its body is complete, to the reactor's leader thread, which runs it after the task
+//! poll and gives the reactor away if it blocks: `reactor::leader`), and the connection
+//! awaits the response without blocking the reactor.
 //!
 //! Why not run the handler inside hyper's poll of the service future? hyper's HTTP/1
 //! dispatcher feeds the request body from the same task that polls that future, so a
@@ -56,7 +58,9 @@ const PIPE_CAPACITY: usize = 64 * 1024;
 /// What serves requests. Any `Fn(Request, ConnectionInfo) -> Response + Send + Sync` is
 /// one; implement the trait yourself for a stateful service.
 ///
-/// `call` runs on a worker thread and may block: read files, sleep, call blocking clients.
+/// `call` runs on a worker thread, or on the reactor thread that read the request (which
+/// hands the reactor to another thread if `call` takes long), and may block: read files,
+/// sleep, call blocking clients.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};

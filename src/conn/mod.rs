@@ -308,7 +308,10 @@ async fn drive<C: GracefulShutdown>(
                     }
                 }
             }
-            if deadline.at() != at {
+            // Moved only when it must fire sooner (or has fired): a later instant — the idle
+            // deadline moves on with every request — is re-armed when the old one fires, so
+            // that a busy connection does not touch the timer queue per request.
+            if at < deadline.at() || deadline.at() <= now {
                 deadline.reset(at);
             }
             if Pin::new(&mut deadline).poll(cx).is_pending() {
