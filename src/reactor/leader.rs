@@ -150,12 +150,20 @@ struct MonitorState {
     parked: bool,
 }
 
+/// The reactor, put down by its leader to run a handler.
+struct PutDown {
+    reactor: Box<Reactor>,
+    /// Which put-down this is, so that the monitor can tell a reactor left there since its
+    /// last look from one put down again meanwhile.
+    number: u64,
+    /// The route of the handler running meanwhile.
+    route: usize,
+}
+
 /// What the leader, the monitor and the followers share.
 struct Leadership {
     /// The reactor while its leader runs a handler inline: whoever takes it leads.
-    /// With the number of that put-down, so that the monitor can tell a reactor left there
-    /// since its last look from one put down again meanwhile.
-    available: Mutex<Option<(Box<Reactor>, u64)>>,
+    available: Mutex<Option<PutDown>>,
     /// Put-downs so far: bumped each time a leader puts the reactor down to run a handler.
     put_downs: AtomicU64,
     monitor_parked: AtomicBool,
@@ -281,7 +289,11 @@ impl Leadership {
                 // Put the reactor down where the monitor can hand it to a follower.
                 reactor.inline_jobs = std::mem::take(&mut jobs);
                 let put_down = self.put_downs.fetch_add(1, Ordering::SeqCst) + 1;
-                *lock(&self.available) = Some((reactor, put_down));
+                *lock(&self.available) = Some(PutDown {
+                    reactor,
+                    number: put_down,
+                    route,
+                });
                 if self.monitor_parked.load(Ordering::SeqCst) {
                     self.wake_monitor();
                 }
@@ -297,7 +309,7 @@ impl Leadership {
                 // that now runs a handler itself: this one is free, so it leads.
                 let back = lock(&self.available).take();
                 match back {
-                    Some((back, _)) => {
+                    Some(PutDown { reactor: back, .. }) => {
                         reactor = back;
                         jobs = std::mem::take(&mut reactor.inline_jobs);
                     }
@@ -377,9 +389,9 @@ impl Leadership {
             let stuck = {
                 let mut available = lock(&self.available);
                 match &*available {
-                    Some((_, put_down)) if *put_down == last_seen => available.take(),
-                    Some((_, put_down)) => {
-                        last_seen = *put_down;
+                    Some(put_down) if put_down.number == last_seen => available.take(),
+                    Some(put_down) => {
+                        last_seen = put_down.number;
                         None
                     }
                     None => {
@@ -388,8 +400,11 @@ impl Leadership {
                     }
                 }
             };
-            if let Some((reactor, _)) = stuck {
-                self.take_over(reactor);
+            if let Some(PutDown { reactor, route, .. }) = stuck {
+                // Later requests for this route go to the pool at once, even those
+                // already queued behind this one.
+                self.blocking_routes.mark(route);
+                self.take_over(reactor, route);
                 last_seen = 0;
             }
             let count = self.put_downs.load(Ordering::SeqCst);
@@ -421,7 +436,7 @@ impl Leadership {
 
     /// Gives the reactor, taken from a leader stuck in a handler, to an idle follower or a
     /// new one.
-    fn take_over(self: &Arc<Self>, reactor: Box<Reactor>) {
+    fn take_over(self: &Arc<Self>, reactor: Box<Reactor>, route: usize) {
         let mut followers = lock(&self.followers);
         if followers.idle > 0 {
             followers.handoff = Some(reactor);
@@ -433,8 +448,13 @@ impl Leadership {
         if let Err(error) = self.spawn_follower(slot.clone()) {
             tracing::error!(%error, "cannot start a thread to take the reactor over");
             if let Some(reactor) = lock(&slot).take() {
+                // Back where the monitor found it; its leader takes it when the handler ends.
                 let put_down = self.put_downs.fetch_add(1, Ordering::SeqCst) + 1;
-                *lock(&self.available) = Some((reactor, put_down));
+                *lock(&self.available) = Some(PutDown {
+                    reactor,
+                    number: put_down,
+                    route,
+                });
             }
         }
     }
