@@ -45,7 +45,7 @@ const MONITOR_IDLE_LOOKS: u32 = 100;
 const BLOCKING_AFTER: Duration = MONITOR_INTERVAL;
 
 /// How long a route that blocked goes straight to the pool before it is tried inline again.
-const BLOCKING_ROUTE_MEMORY: Duration = Duration::from_secs(1);
+const BLOCKING_ROUTE_MEMORY: Duration = Duration::from_millis(250);
 
 /// How long an idle follower thread waits to lead again before it exits.
 const FOLLOWER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
