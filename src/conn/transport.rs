@@ -16,9 +16,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::reactor::ReadyStream;
 use bytes::{Buf, Bytes};
 use hyper::rt::ReadBufCursor;
-use mio::net::TcpStream;
 use rustls::ServerConnection;
 
 use super::deadlines::ConnectionWatch;
@@ -34,9 +34,9 @@ pub(crate) trait Socket: Read + Write + Send + Unpin + 'static {
     fn shutdown_write(&mut self) -> io::Result<()>;
 }
 
-impl Socket for TcpStream {
+impl Socket for ReadyStream {
     fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown(std::net::Shutdown::Write)
+        ReadyStream::shutdown_write(self)
     }
 }
 

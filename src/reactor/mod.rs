@@ -35,7 +35,87 @@ fn listener_token(index: usize) -> Token {
 
 /// Builds the task that serves one accepted connection: socket, peer address, local address.
 pub(crate) type ConnectionFactory =
-    Box<dyn FnMut(TcpStream, SocketAddr, SocketAddr) -> BoxFuture + Send>;
+    Box<dyn FnMut(ReadyStream, SocketAddr, SocketAddr) -> BoxFuture + Send>;
+
+/// What the reactor last learnt about a socket's readability. mio is edge-triggered: after
+/// a read answered `WouldBlock`, the next one can only succeed once a new readable event
+/// came, so reading again before that is a wasted system call — and a connection task is
+/// polled several times per request (the request, the handler's answer, the response
+/// written), each poll trying to read. Set when an event for the socket arrives, cleared
+/// when a read would block; both happen on the thread that holds the reactor, so an edge
+/// cannot slip between them.
+#[derive(Debug)]
+pub(crate) struct Readiness {
+    readable: AtomicBool,
+    /// The peer closed its side or the socket failed: from then on every read goes to the
+    /// socket (the end of the stream raises no further edge).
+    closed: AtomicBool,
+}
+
+impl Readiness {
+    fn new() -> Arc<Readiness> {
+        // Readable at first: the request may be in the socket before its first event.
+        Arc::new(Readiness {
+            readable: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// An event said the socket may read; `closed` if it also said the peer closed its
+    /// side (or the socket failed).
+    pub(crate) fn set_readable(&self, closed: bool) {
+        if closed {
+            self.closed.store(true, Ordering::Release);
+        }
+        self.readable.store(true, Ordering::Release);
+    }
+}
+
+/// An accepted socket that skips reads the reactor knows would block (see [`Readiness`]).
+pub(crate) struct ReadyStream {
+    socket: TcpStream,
+    readiness: Arc<Readiness>,
+}
+
+impl io::Read for ReadyStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.readiness.readable.load(Ordering::Acquire) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let result = self.socket.read(buf);
+        // A short read emptied the socket as surely as a `WouldBlock` would have said so
+        // (tokio concludes the same): bytes arriving after it raise a new event.
+        let drained = match &result {
+            Ok(n) => *n > 0 && *n < buf.len(),
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        };
+        if drained && !self.readiness.closed.load(Ordering::Acquire) {
+            self.readiness.readable.store(false, Ordering::Release);
+        }
+        result
+    }
+}
+
+impl io::Write for ReadyStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.socket.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.socket.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.socket.flush()
+    }
+}
+
+impl ReadyStream {
+    /// Closes the writing half.
+    pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
+        self.socket.shutdown(std::net::Shutdown::Write)
+    }
+}
 
 /// State the reactor shares with the outside: the shutdown flag and the run queue.
 pub(crate) struct ReactorHandle {
@@ -196,7 +276,9 @@ impl Reactor {
             if token.0 >= first_listener {
                 accept = true;
             } else {
-                self.tasks.mark_ready(token.0);
+                let closed = event.is_read_closed() || event.is_error();
+                self.tasks
+                    .mark_io_ready(token.0, event.is_readable() || closed, closed);
             }
         }
         let now = Instant::now();
@@ -307,9 +389,14 @@ impl Reactor {
         let Some(new_connection) = self.new_connection.as_mut() else {
             return;
         };
+        let readiness = Readiness::new();
+        let socket = ReadyStream {
+            socket,
+            readiness: readiness.clone(),
+        };
         let future = new_connection(socket, peer, local_addr);
         self.connections += 1;
-        if self.tasks.start(future, true) {
+        if self.tasks.start_io(future, readiness) {
             self.connections_ended(1);
         }
     }
