@@ -11,13 +11,15 @@
 //! streaming body never runs inline at all.
 //!
 //! Before it runs a handler, the leader puts the reactor down where a *monitor* thread can
-//! pick it up. The monitor wakes every [`MONITOR_INTERVAL`] while handlers run inline (as
-//! Go's `sysmon` does for goroutines stuck in system calls); when it sees the same handler
-//! still running at two looks in a row, it hands the reactor to a follower thread, which
-//! leads from then on. A quick handler therefore costs no context switch at all, and one
-//! that blocks (sleeps, waits on a lock, reads a file, calls this very server) stalls the
-//! other connections for at most about two intervals, once: its route is then remembered
-//! as blocking and goes straight to the pool for [`BLOCKING_ROUTE_MEMORY`].
+//! pick it up. While handlers run inline, a *monitor* thread looks at it now and then (as
+//! Go's `sysmon` does for goroutines stuck in system calls): every [`MONITOR_INTERVAL`]
+//! after it saw one running, backing off to [`MONITOR_MAX_INTERVAL`] while it finds none.
+//! When it sees the same handler still running at two looks in a row, it hands the reactor
+//! to a follower thread, which leads from then on. A quick handler therefore costs no
+//! context switch at all, and one that blocks (sleeps, waits on a lock, reads a file, calls
+//! this very server) stalls the other connections for at most about a millisecond, once: its
+//! route is then remembered as blocking and goes straight to the pool for
+//! [`BLOCKING_ROUTE_MEMORY`].
 //!
 //! When the blocked handler ends, its thread finds the reactor gone and becomes an idle
 //! follower. Inline handlers hold a place in the worker pool ([`WorkerPool::try_inline`]),
@@ -34,9 +36,16 @@ use std::time::{Duration, Instant};
 use super::Reactor;
 use crate::worker::{InlineRun, WorkerPool};
 
-/// How often the monitor looks whether an inline handler is still running. A handler
-/// that blocks stalls the reactor for one to two of these.
+/// How soon the monitor looks again after it saw a handler running inline: a handler
+/// still running then (the same put-down seen twice) has blocked.
 const MONITOR_INTERVAL: Duration = Duration::from_micros(100);
+
+/// The longest pause between two looks. After each look that saw no handler running, the
+/// monitor waits twice as long, up to this (Go's `sysmon` backs off the same way): each
+/// wake-up costs a thread switch on the reactor's core, and quick handlers are almost never
+/// caught running. A handler that blocks therefore stalls the reactor for at most about
+/// this plus [`MONITOR_INTERVAL`], once per [`BLOCKING_ROUTE_MEMORY`] and route.
+const MONITOR_MAX_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Looks without any inline handler after which the monitor sleeps until the next one.
 const MONITOR_IDLE_LOOKS: u32 = 100;
@@ -45,7 +54,7 @@ const MONITOR_IDLE_LOOKS: u32 = 100;
 const BLOCKING_AFTER: Duration = MONITOR_INTERVAL;
 
 /// How long a route that blocked goes straight to the pool before it is tried inline again.
-const BLOCKING_ROUTE_MEMORY: Duration = Duration::from_millis(250);
+const BLOCKING_ROUTE_MEMORY: Duration = Duration::from_millis(500);
 
 /// How long an idle follower thread waits to lead again before it exits.
 const FOLLOWER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -384,8 +393,9 @@ impl Leadership {
         let mut last_seen = 0;
         let mut last_count = self.put_downs.load(Ordering::SeqCst);
         let mut quiet_looks = 0;
+        let mut interval = MONITOR_INTERVAL;
         while !self.done.load(Ordering::SeqCst) {
-            std::thread::sleep(MONITOR_INTERVAL);
+            std::thread::sleep(interval);
             let stuck = {
                 let mut available = lock(&self.available);
                 match &*available {
@@ -399,6 +409,12 @@ impl Leadership {
                         None
                     }
                 }
+            };
+            interval = if last_seen == 0 {
+                (interval * 2).min(MONITOR_MAX_INTERVAL)
+            } else {
+                // A handler is running: look again soon.
+                MONITOR_INTERVAL
             };
             if let Some(PutDown { reactor, route, .. }) = stuck {
                 // Later requests for this route go to the pool at once, even those
@@ -430,6 +446,7 @@ impl Leadership {
                         .unwrap_or_else(|e| e.into_inner());
                 }
                 quiet_looks = 0;
+                interval = MONITOR_INTERVAL;
             }
         }
     }
