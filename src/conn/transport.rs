@@ -5,9 +5,10 @@
 //! in-memory stream when a fuzz input is replayed (`crate::fuzzing`); everything above it
 //! is the same code.
 //!
-//! Every poll retries the system call and returns `Pending` only right after the socket
-//! answered `WouldBlock`; the reactor wakes the connection's task on the next readiness
-//! edge. So no edge can be missed, whatever happened between two polls. Decrypted bytes
+//! A poll returns `Pending` only right after the socket answered `WouldBlock` (or, for
+//! reads, while the reactor knows that it would: see `reactor::Readiness`, which skips the
+//! system call until the next readiness event); the reactor wakes the connection's task on
+//! the next readiness edge. So no edge can be missed, whatever happened between two polls. Decrypted bytes
 //! that rustls already holds are always handed out before the socket is read again, and
 //! everything rustls wants to send is written out until the socket would block.
 
