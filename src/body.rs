@@ -39,6 +39,8 @@ struct PipeState {
     /// Waits for `producer_reading` (an HTTP/1 response held back until `100 Continue`
     /// is queued).
     reading_waker: Option<Waker>,
+    /// Threads blocked in [`Pipe::wait`]: without any, a change needs no `futex` call.
+    blocked: usize,
     /// Waker of the asynchronous side (the producer for request bodies, the consumer for
     /// response bodies).
     waker: Option<Waker>,
@@ -77,6 +79,7 @@ impl Pipe {
                 producer_reading: false,
                 reading_waker: None,
                 waker: None,
+                blocked: 0,
                 #[cfg(feature = "fuzzing")]
                 waiters: Default::default(),
             }),
@@ -90,13 +93,21 @@ impl Pipe {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wakes the blocked side.
+    /// Wakes the blocked side, if it is blocked.
     fn notify_blocking_side(&self, state: &mut PipeState) {
+        if Self::release_blocked(state) {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Whether a thread is blocked and must be notified; it stops counting as waiting.
+    fn release_blocked(state: &mut PipeState) -> bool {
+        if state.blocked == 0 {
+            return false;
+        }
         #[cfg(feature = "fuzzing")]
         state.waiters.release();
-        #[cfg(not(feature = "fuzzing"))]
-        let _ = state;
-        self.changed.notify_all();
+        true
     }
 
     /// Blocks until the other side changes something, at most `timeout`.
@@ -105,10 +116,10 @@ impl Pipe {
         state: MutexGuard<'a, PipeState>,
         timeout: Option<Duration>,
     ) -> MutexGuard<'a, PipeState> {
-        #[cfg(feature = "fuzzing")]
         let mut state = state;
         #[cfg(feature = "fuzzing")]
         let ticket = state.waiters.enter();
+        state.blocked += 1;
         let mut state = match timeout {
             None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
             Some(timeout) => {
@@ -118,10 +129,9 @@ impl Pipe {
                     .0
             }
         };
+        state.blocked -= 1;
         #[cfg(feature = "fuzzing")]
         state.waiters.leave(ticket);
-        #[cfg(not(feature = "fuzzing"))]
-        let _ = &mut state;
         state
     }
 
@@ -291,7 +301,14 @@ impl Pipe {
         Self::demand(&mut state);
         if let Some(chunk) = state.chunks.pop_front() {
             state.buffered -= chunk.len();
-            self.notify_blocking_side(&mut state);
+            // A producer blocked on a full pipe is let go once half of it has drained, so
+            // that it pushes several chunks per wake-up instead of one; and after the
+            // lock is released, so that it does not wake only to wait for the lock.
+            let release = state.buffered <= self.capacity / 2 && Self::release_blocked(&mut state);
+            drop(state);
+            if release {
+                self.changed.notify_all();
+            }
             return Poll::Ready(Some(Ok(chunk)));
         }
         match &state.end {

@@ -41,6 +41,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::conn::transport::Socket;
 use crate::conn::{self, ServerContext};
+use crate::reactor::leader;
 use crate::reactor::task::{Executor, RunQueue};
 use crate::reactor::timer::{Clock, ManualClock, TimerQueue};
 use crate::reactor::ReactorHandle;
@@ -572,7 +573,10 @@ impl Harness {
         let mut rounds = 0;
         let mut ended = false;
         loop {
-            ended |= self.executor.run_ready() > 0;
+            // As the reactor's leader does: complete requests' handlers run inline on this
+            // thread right after the task polls, the others on the pool.
+            let executor = &mut self.executor;
+            ended |= leader::poll_then_run_inline(&self.pool, || executor.run_ready()) > 0;
             if self.executor.has_ready() || self.handle.run_queue.has_work() {
                 rounds += 1;
                 assert!(

@@ -17,9 +17,11 @@
 //! ```
 //!
 //! A mio reactor thread accepts connections, runs the rustls handshakes without blocking
-//! and drives hyper's HTTP/1 and HTTP/2 state machines; each request is handed to a pool
-//! of worker threads, and its body streams between the two through bounded pipes. An idle
-//! or slow connection costs memory, never a thread. See the README for the path of a
+//! and drives hyper's HTTP/1 and HTTP/2 state machines. A complete request's handler runs
+//! on the thread that read it, and another thread takes the reactor over if the handler
+//! blocks (leader/followers); a request with a streaming body goes to a pool of worker
+//! threads, and its body streams between the two through bounded pipes. An idle or slow
+//! connection costs memory, never a thread. See the README for the path of a
 //! connection and [`Limits`] for every timeout and limit.
 //!
 //! For production HTTPS, [`TlsConfig`] picks certificates by server name

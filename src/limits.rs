@@ -127,8 +127,9 @@ pub struct Limits {
     /// size of rustls' buffers.
     pub max_connections: usize,
 
-    /// Most worker threads running handlers at once. The pool starts empty and grows on
-    /// demand.
+    /// Most handlers running at once: on worker threads, or inline on a reactor thread (a
+    /// complete request's handler runs on the thread that read it; see the README). The
+    /// pool starts empty and grows on demand.
     ///
     /// Default 512, as tokio's blocking pool (`max_blocking_threads`).
     pub max_workers: usize,

@@ -222,9 +222,12 @@ impl Server {
         let thread = std::thread::Builder::new()
             .name("portcullis-reactor".into())
             .spawn(move || {
-                let result = reactor.run(Box::new(move |socket, peer, local| {
-                    conn::serve(ctx.clone(), socket, peer, local)
-                }));
+                let result = reactor.run(
+                    Box::new(move |socket, peer, local| {
+                        conn::serve(ctx.clone(), socket, peer, local)
+                    }),
+                    thread_pool.clone(),
+                );
                 thread_pool.shutdown();
                 if let Err(error) = &result {
                     tracing::error!(%error, "reactor failed");

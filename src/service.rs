@@ -1,5 +1,7 @@
-//! The handler trait, and its glue to hyper: each request is handed to a worker thread
-//! and the connection awaits the response without blocking the reactor.
+//! The handler trait, and its glue to hyper: each request is handed to a worker thread (or,
+//! when its body is complete, to the reactor's leader thread, which runs it after the task
+//! poll and gives the reactor away if it blocks: `reactor::leader`), and the connection
+//! awaits the response without blocking the reactor.
 //!
 //! Why not run the handler inside hyper's poll of the service future? hyper's HTTP/1
 //! dispatcher feeds the request body from the same task that polls that future, so a
@@ -27,6 +29,8 @@ use crate::conn::deadlines::{
     AbortReason, BodyDeadline, BodyRate, ConnectionWatch, HandlerRunning, InFlight,
 };
 use crate::conn::{ConnectionInfo, Protocol, ServerContext};
+use crate::reactor::leader;
+use crate::worker::InlineRun;
 
 /// A request as a handler receives it: the `http` crate's type with a streaming [`Body`].
 pub type Request = http::Request<Body>;
@@ -54,7 +58,9 @@ const PIPE_CAPACITY: usize = 64 * 1024;
 /// What serves requests. Any `Fn(Request, ConnectionInfo) -> Response + Send + Sync` is
 /// one; implement the trait yourself for a stateful service.
 ///
-/// `call` runs on a worker thread and may block: read files, sleep, call blocking clients.
+/// `call` runs on a worker thread, or on the reactor thread that read the request (which
+/// hands the reactor to another thread if `call` takes long), and may block: read files,
+/// sleep, call blocking clients.
 ///
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,8 +118,16 @@ impl Dispatch {
         }
     }
 
-    /// Hands a request with its body to the worker pool.
-    fn submit(&self, request: Request, log: AccessLog, running: HandlerRunning) -> Arc<Slot> {
+    /// Hands a request with its body to the worker pool, or, when the body is complete
+    /// (`complete`), to the reactor's leader to run right after this poll (see
+    /// `reactor::leader`).
+    fn submit(
+        &self,
+        request: Request,
+        log: AccessLog,
+        running: HandlerRunning,
+        complete: bool,
+    ) -> Arc<Slot> {
         let slot = Slot::new(SlotState::Waiting);
         let job = HandlerJob {
             service: self.ctx.service.clone(),
@@ -125,12 +139,16 @@ impl Dispatch {
             watch: self.watch.clone(),
             send_timeout: self.ctx.limits.send_timeout,
         };
-        if self
-            .ctx
-            .pool
-            .try_execute(Box::new(move || job.run()))
-            .is_err()
-        {
+        let job: Box<dyn FnOnce() + Send> = if complete {
+            let route = leader::route_of(job.log.uri.path());
+            match leader::defer(route, Box::new(move |inline| job.run(inline))) {
+                Ok(()) => return slot,
+                Err(job) => Box::new(move || job(None)),
+            }
+        } else {
+            Box::new(move || job.run(None))
+        };
+        if self.ctx.pool.try_execute(job).is_err() {
             // The job was dropped unrun: its sender already recorded the refusal.
             tracing::warn!("all workers busy and the queue is full; answering 503");
         }
@@ -179,7 +197,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
         }
         if http_body::Body::is_end_stream(&incoming) {
             let request = http::Request::from_parts(parts, Body::empty());
-            return self.waiting(self.submit(request, log, running));
+            return self.waiting(self.submit(request, log, running, true));
         }
         let expects_continue = parts
             .headers
@@ -214,7 +232,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
         let awaiting_continue =
             (expects_continue && protocol == Protocol::Http1).then(|| pipe.clone());
         let request = http::Request::from_parts(parts, Body::incoming(pipe));
-        let mut future = self.waiting(self.submit(request, log, running));
+        let mut future = self.waiting(self.submit(request, log, running, false));
         future.awaiting_continue = awaiting_continue;
         future
     }
@@ -248,8 +266,10 @@ struct HandlerJob {
 }
 
 impl HandlerJob {
-    /// The handler, then (for streamed bodies) the body, to its end.
-    fn run(self) {
+    /// The handler, then (for streamed bodies) the body, to its end. `inline` is the pool
+    /// place held when the reactor's leader runs the handler itself: a streamed body then
+    /// moves to a pool thread, so the leader never waits on a pipe.
+    fn run(self, inline: Option<InlineRun>) {
         let HandlerJob {
             service,
             request,
@@ -289,27 +309,51 @@ impl HandlerJob {
             StreamSource::Stream(body) => body,
         };
         let pipe = Pipe::new(PIPE_CAPACITY);
-        let response_body = ResponseBody::stream(pipe.clone(), log);
-        sender.send(Outcome::Response(http::Response::from_parts(
-            parts,
-            response_body,
-        )));
-        let pumped = catch_unwind(AssertUnwindSafe(|| {
-            stream_into_pipe(body, &pipe, send_timeout)
-        }));
-        match pumped {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) if error.kind() == io::ErrorKind::TimedOut => {
-                tracing::info!(%error, "response not taken by the client");
-                watch.abort(AbortReason::SendStalled);
+        let pump_pipe = pipe.clone();
+        let pump = move || {
+            let pumped = catch_unwind(AssertUnwindSafe(|| {
+                stream_into_pipe(body, &pump_pipe, send_timeout)
+            }));
+            match pumped {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) if error.kind() == io::ErrorKind::TimedOut => {
+                    tracing::info!(%error, "response not taken by the client");
+                    watch.abort(AbortReason::SendStalled);
+                }
+                Ok(Err(error)) => tracing::info!(%error, "response body ended early"),
+                Err(panic) => {
+                    tracing::error!(
+                        panic = panic_message(&*panic),
+                        "response body reader panicked"
+                    );
+                    pump_pipe.finish(Err(io::Error::other("response body reader panicked")));
+                }
             }
-            Ok(Err(error)) => tracing::info!(%error, "response body ended early"),
-            Err(panic) => {
-                tracing::error!(
-                    panic = panic_message(&*panic),
-                    "response body reader panicked"
-                );
-                pipe.finish(Err(io::Error::other("response body reader panicked")));
+        };
+        match inline {
+            None => {
+                sender.send(Outcome::Response(http::Response::from_parts(
+                    parts,
+                    ResponseBody::stream(pipe, log),
+                )));
+                pump();
+            }
+            Some(place) => {
+                let pool = place.into_pool();
+                let span = span.clone();
+                let pump = move || {
+                    let _entered = span.enter();
+                    pump();
+                };
+                if pool.try_execute(Box::new(pump)).is_err() {
+                    tracing::warn!("no worker free to stream the response; answering 503");
+                    sender.send(Outcome::Refused(Some(log)));
+                    return;
+                }
+                sender.send(Outcome::Response(http::Response::from_parts(
+                    parts,
+                    ResponseBody::stream(pipe, log),
+                )));
             }
         }
     }
@@ -698,7 +742,8 @@ impl Future for ResponseFuture {
                     match body {
                         Ok(bytes) => {
                             let request = http::Request::from_parts(parts, Body::from(bytes));
-                            this.state = State::Waiting(dispatch.submit(request, log, running));
+                            this.state =
+                                State::Waiting(dispatch.submit(request, log, running, true));
                         }
                         Err(status) => {
                             this.watch.request_answered();

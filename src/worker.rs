@@ -85,8 +85,11 @@ struct PoolState {
     threads: usize,
     /// Threads waiting for a job.
     idle: usize,
-    /// Threads running a job.
+    /// Handlers running: jobs on pool threads, plus handlers run inline by the thread that
+    /// leads the reactor (see [`WorkerPool::try_inline`]). Never above `max_workers`.
     busy: usize,
+    /// Of `busy`, the handlers running inline on a reactor thread rather than on the pool.
+    inline: usize,
     shutdown: bool,
 }
 
@@ -123,33 +126,20 @@ impl WorkerPool {
         if state.shutdown {
             return Err(PoolFull);
         }
-        if state.idle > state.queue.len() {
-            state.queue.push_back(job);
-            drop(state);
-            self.inner.work_available.notify_one();
-            return Ok(());
-        }
-        if state.threads < self.inner.config.max_workers {
-            state.threads += 1;
-            state.busy += 1;
-            let threads = state.threads;
-            drop(state);
-            let inner = self.inner.clone();
-            let spawned = std::thread::Builder::new()
-                .name("portcullis-worker".into())
-                .spawn(move || inner.work(job));
-            match spawned {
-                Ok(_) => {
-                    tracing::trace!(threads, "worker started");
-                    return Ok(());
-                }
-                Err(error) => {
-                    tracing::error!(%error, "cannot start a worker thread");
-                    let mut state = self.inner.lock();
-                    state.threads -= 1;
-                    state.busy -= 1;
-                    return Err(PoolFull);
-                }
+        let max_workers = self.inner.config.max_workers;
+        // Handlers run inline count against `max_workers` too (they are in `busy`).
+        if state.busy + state.queue.len() < max_workers {
+            if state.idle > state.queue.len() {
+                state.queue.push_back(job);
+                drop(state);
+                self.inner.work_available.notify_one();
+                return Ok(());
+            }
+            if state.threads < max_workers {
+                state.threads += 1;
+                state.busy += 1;
+                drop(state);
+                return self.inner.clone().start_worker(Some(job));
             }
         }
         if state.queue.len() < self.inner.config.max_queued {
@@ -159,6 +149,20 @@ impl WorkerPool {
         Err(PoolFull)
     }
 
+    /// Reserves a worker's place for a handler that the calling thread (the reactor's
+    /// leader) runs itself, so that `max_workers`, the queue and [`PoolStats::busy`] mean
+    /// the same whether a handler runs inline or on a pool thread. `None` when the pool is
+    /// saturated, has jobs waiting, or is shutting down: the job then goes the usual way.
+    pub(crate) fn try_inline(&self) -> Option<InlineRun> {
+        let mut state = self.inner.lock();
+        if state.shutdown || !state.queue.is_empty() || state.busy >= self.inner.config.max_workers
+        {
+            return None;
+        }
+        state.busy += 1;
+        state.inline += 1;
+        Some(InlineRun { pool: self.clone() })
+    }
     /// Current thread and queue counts.
     pub(crate) fn stats(&self) -> PoolStats {
         let state = self.inner.lock();
@@ -176,26 +180,93 @@ impl WorkerPool {
     }
 }
 
+/// A worker's place held by a handler running inline (see [`WorkerPool::try_inline`]);
+/// released when dropped, on whichever thread the handler ends.
+pub(crate) struct InlineRun {
+    pool: WorkerPool,
+}
+
+impl InlineRun {
+    /// Releases the place and gives the pool back, for work that must continue on a pool
+    /// thread (a streamed response body).
+    pub(crate) fn into_pool(self) -> WorkerPool {
+        self.pool.clone()
+    }
+}
+
+impl Drop for InlineRun {
+    fn drop(&mut self) {
+        let inner = &self.pool.inner;
+        let mut state = inner.lock();
+        state.busy -= 1;
+        state.inline -= 1;
+        // Jobs queued while this handler held the last place can start now.
+        if state.queue.is_empty() || state.busy >= inner.config.max_workers {
+            return;
+        }
+        if state.idle > 0 {
+            drop(state);
+            inner.work_available.notify_one();
+        } else if state.threads < inner.config.max_workers {
+            state.threads += 1;
+            drop(state);
+            let _ = inner.clone().start_worker(None);
+        }
+    }
+}
+
 impl PoolInner {
+    /// Starts a pool thread (already counted in `threads`, and in `busy` if it has a job).
+    fn start_worker(self: Arc<Self>, first: Option<Job>) -> Result<(), PoolFull> {
+        let inner = self.clone();
+        let has_job = first.is_some();
+        let spawned = std::thread::Builder::new()
+            .name("portcullis-worker".into())
+            .spawn(move || inner.work(first));
+        match spawned {
+            Ok(_) => {
+                tracing::trace!("worker started");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start a worker thread");
+                let mut state = self.lock();
+                state.threads -= 1;
+                if has_job {
+                    state.busy -= 1;
+                }
+                Err(PoolFull)
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, PoolState> {
         // Jobs run outside the lock, so poisoning cannot leave the state half-updated.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn work(&self, first: Job) {
-        first();
-        let mut state = self.lock();
-        state.busy -= 1;
-        loop {
-            if let Some(job) = state.queue.pop_front() {
-                state.busy += 1;
-                drop(state);
-                job();
-                state = self.lock();
+    fn work(&self, first: Option<Job>) {
+        let mut state = match first {
+            Some(first) => {
+                first();
+                let mut state = self.lock();
                 state.busy -= 1;
-                continue;
+                state
             }
-            if state.shutdown {
+            None => self.lock(),
+        };
+        loop {
+            if state.busy < self.config.max_workers {
+                if let Some(job) = state.queue.pop_front() {
+                    state.busy += 1;
+                    drop(state);
+                    job();
+                    state = self.lock();
+                    state.busy -= 1;
+                    continue;
+                }
+            }
+            if state.shutdown && state.queue.is_empty() {
                 break;
             }
             state.idle += 1;

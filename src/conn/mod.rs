@@ -13,7 +13,7 @@ pub use info::{ConnectionInfo, Protocol, TlsVersion};
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -128,11 +128,11 @@ async fn run<S: Socket>(ctx: Arc<ServerContext>, socket: S, peer: SocketAddr, lo
     let end = match protocol {
         Protocol::Http1 => {
             let connection = ctx.http1.serve_connection(transport, dispatch);
-            drive(&ctx, &watch, connection).await
+            drive(&ctx, &watch, Box::pin(connection)).await
         }
         Protocol::Http2 => {
             let connection = ctx.http2.serve_connection(transport, dispatch);
-            drive(&ctx, &watch, connection).await
+            drive(&ctx, &watch, Box::pin(connection)).await
         }
     };
     match end {
@@ -233,9 +233,10 @@ enum Next {
 async fn drive<C: GracefulShutdown>(
     ctx: &ServerContext,
     watch: &ConnectionWatch,
-    connection: C,
+    // Boxed: moved by value, hyper's connection would take its size twice over in this
+    // future (the caller's slot and this one's), which every idle connection pays for.
+    mut connection: Pin<Box<C>>,
 ) -> End {
-    let mut connection = pin!(connection);
     let mut graceful = false;
     let mut cut_at: Option<Instant> = None;
     let timer = ctx.timer();
@@ -308,7 +309,10 @@ async fn drive<C: GracefulShutdown>(
                     }
                 }
             }
-            if deadline.at() != at {
+            // Moved only when it must fire sooner (or has fired): a later instant — the idle
+            // deadline moves on with every request — is re-armed when the old one fires, so
+            // that a busy connection does not touch the timer queue per request.
+            if at < deadline.at() || deadline.at() <= now {
                 deadline.reset(at);
             }
             if Pin::new(&mut deadline).poll(cx).is_pending() {

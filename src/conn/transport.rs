@@ -5,9 +5,10 @@
 //! in-memory stream when a fuzz input is replayed (`crate::fuzzing`); everything above it
 //! is the same code.
 //!
-//! Every poll retries the system call and returns `Pending` only right after the socket
-//! answered `WouldBlock`; the reactor wakes the connection's task on the next readiness
-//! edge. So no edge can be missed, whatever happened between two polls. Decrypted bytes
+//! A poll returns `Pending` only right after the socket answered `WouldBlock` (or, for
+//! reads, while the reactor knows that it would: see `reactor::Readiness`, which skips the
+//! system call until the next readiness event); the reactor wakes the connection's task on
+//! the next readiness edge. So no edge can be missed, whatever happened between two polls. Decrypted bytes
 //! that rustls already holds are always handed out before the socket is read again, and
 //! everything rustls wants to send is written out until the socket would block.
 
@@ -16,9 +17,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::reactor::ReadyStream;
 use bytes::{Buf, Bytes};
 use hyper::rt::ReadBufCursor;
-use mio::net::TcpStream;
 use rustls::ServerConnection;
 
 use super::deadlines::ConnectionWatch;
@@ -34,9 +35,9 @@ pub(crate) trait Socket: Read + Write + Send + Unpin + 'static {
     fn shutdown_write(&mut self) -> io::Result<()>;
 }
 
-impl Socket for TcpStream {
+impl Socket for ReadyStream {
     fn shutdown_write(&mut self) -> io::Result<()> {
-        self.shutdown(std::net::Shutdown::Write)
+        ReadyStream::shutdown_write(self)
     }
 }
 

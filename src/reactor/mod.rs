@@ -6,9 +6,11 @@
 //! task once at once (the request may already be in the socket). From then on every
 //! readiness event for the token wakes the task, and the task retries its I/O.
 
+pub(crate) mod leader;
 pub(crate) mod task;
 pub(crate) mod timer;
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,7 +35,87 @@ fn listener_token(index: usize) -> Token {
 
 /// Builds the task that serves one accepted connection: socket, peer address, local address.
 pub(crate) type ConnectionFactory =
-    Box<dyn FnMut(TcpStream, SocketAddr, SocketAddr) -> BoxFuture + Send>;
+    Box<dyn FnMut(ReadyStream, SocketAddr, SocketAddr) -> BoxFuture + Send>;
+
+/// What the reactor last learnt about a socket's readability. mio is edge-triggered: after
+/// a read answered `WouldBlock`, the next one can only succeed once a new readable event
+/// came, so reading again before that is a wasted system call — and a connection task is
+/// polled several times per request (the request, the handler's answer, the response
+/// written), each poll trying to read. Set when an event for the socket arrives, cleared
+/// when a read would block; both happen on the thread that holds the reactor, so an edge
+/// cannot slip between them.
+#[derive(Debug)]
+pub(crate) struct Readiness {
+    readable: AtomicBool,
+    /// The peer closed its side or the socket failed: from then on every read goes to the
+    /// socket (the end of the stream raises no further edge).
+    closed: AtomicBool,
+}
+
+impl Readiness {
+    fn new() -> Arc<Readiness> {
+        // Readable at first: the request may be in the socket before its first event.
+        Arc::new(Readiness {
+            readable: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// An event said the socket may read; `closed` if it also said the peer closed its
+    /// side (or the socket failed).
+    pub(crate) fn set_readable(&self, closed: bool) {
+        if closed {
+            self.closed.store(true, Ordering::Release);
+        }
+        self.readable.store(true, Ordering::Release);
+    }
+}
+
+/// An accepted socket that skips reads the reactor knows would block (see [`Readiness`]).
+pub(crate) struct ReadyStream {
+    socket: TcpStream,
+    readiness: Arc<Readiness>,
+}
+
+impl io::Read for ReadyStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.readiness.readable.load(Ordering::Acquire) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let result = self.socket.read(buf);
+        // A short read emptied the socket as surely as a `WouldBlock` would have said so
+        // (tokio concludes the same): bytes arriving after it raise a new event.
+        let drained = match &result {
+            Ok(n) => *n > 0 && *n < buf.len(),
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        };
+        if drained && !self.readiness.closed.load(Ordering::Acquire) {
+            self.readiness.readable.store(false, Ordering::Release);
+        }
+        result
+    }
+}
+
+impl io::Write for ReadyStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.socket.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.socket.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.socket.flush()
+    }
+}
+
+impl ReadyStream {
+    /// Closes the writing half.
+    pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
+        self.socket.shutdown(std::net::Shutdown::Write)
+    }
+}
 
 /// State the reactor shares with the outside: the shutdown flag and the run queue.
 pub(crate) struct ReactorHandle {
@@ -92,6 +174,12 @@ pub(crate) struct Reactor {
     /// Set after EMFILE/ENFILE: accepting resumes at this instant.
     accept_paused_until: Option<Instant>,
     drain_deadline: Option<Instant>,
+    events: Events,
+    /// Handler jobs the leader has yet to run inline (see [`leader`]); they travel with
+    /// the reactor when another thread takes it over.
+    inline_jobs: VecDeque<leader::Deferred>,
+    /// Scratch list that collects the jobs deferred during a turn.
+    deferred: Vec<leader::Deferred>,
 }
 
 impl Reactor {
@@ -125,6 +213,9 @@ impl Reactor {
             accept_again: false,
             accept_paused_until: None,
             drain_deadline: None,
+            events: Events::with_capacity(1024),
+            inline_jobs: VecDeque::new(),
+            deferred: Vec::new(),
         })
     }
 
@@ -132,61 +223,79 @@ impl Reactor {
         &self.handle
     }
 
-    /// Runs until shutdown has drained every connection (or the drain timeout passed).
-    pub(crate) fn run(mut self, new_connection: ConnectionFactory) -> io::Result<()> {
+    /// Runs until shutdown has drained every connection (or the drain timeout passed). The
+    /// calling thread leads; complete requests run their handlers inline, and other threads
+    /// take the reactor over when one blocks (see [`leader`]). Jobs that do not run inline go
+    /// to `pool`, which also holds a place for each inline one.
+    pub(crate) fn run(
+        mut self,
+        new_connection: ConnectionFactory,
+        pool: crate::worker::WorkerPool,
+    ) -> io::Result<()> {
         self.new_connection = Some(new_connection);
-        let mut events = Events::with_capacity(1024);
-        loop {
-            let ended = self.tasks.run_ready();
-            self.connections_ended(ended);
-            if self.drain_deadline.is_some() && self.connections == 0 {
-                tracing::info!("all connections drained");
-                return Ok(());
-            }
-            let now = Instant::now();
-            if let Some(deadline) = self.drain_deadline {
-                if now >= deadline {
-                    tracing::warn!(
-                        connections = self.connections,
-                        "drain timeout passed; closing the remaining connections"
-                    );
-                    return Ok(());
-                }
-            }
-            let timeout = self.poll_timeout(now);
-            match self.poll.poll(&mut events, timeout) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-            self.handle.run_queue.clear_notified();
-            let mut accept = std::mem::take(&mut self.accept_again);
-            for event in events.iter() {
-                let token = event.token();
-                if token == WAKER_TOKEN {
-                    continue;
-                }
-                if token.0 >= usize::MAX - 1 - self.listeners.len() {
-                    accept = true;
-                } else {
-                    self.tasks.mark_ready(token.0);
-                }
-            }
-            let now = Instant::now();
-            self.handle.timers.fire_expired(now);
-            if self.handle.is_shutting_down() && self.drain_deadline.is_none() {
-                self.begin_drain(now);
-            }
-            if let Some(until) = self.accept_paused_until {
-                if now >= until {
-                    self.accept_paused_until = None;
-                    accept = true;
-                }
-            }
-            if accept {
-                self.accept_ready();
+        leader::run(Box::new(self), pool)
+    }
+
+    /// One turn of the event loop: polls ready tasks, then (unless they deferred handler
+    /// jobs, which the leader runs first) waits for I/O, timers or wakes. `Some` once the
+    /// reactor has stopped.
+    fn turn(&mut self) -> Option<io::Result<()>> {
+        let ended = self.tasks.run_ready();
+        self.connections_ended(ended);
+        if self.drain_deadline.is_some() && self.connections == 0 {
+            tracing::info!("all connections drained");
+            return Some(Ok(()));
+        }
+        let now = Instant::now();
+        if let Some(deadline) = self.drain_deadline {
+            if now >= deadline {
+                tracing::warn!(
+                    connections = self.connections,
+                    "drain timeout passed; closing the remaining connections"
+                );
+                return Some(Ok(()));
             }
         }
+        if leader::has_deferred() {
+            return None;
+        }
+        let timeout = self.poll_timeout(now);
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Some(Err(e)),
+        }
+        self.handle.run_queue.clear_notified();
+        let mut accept = std::mem::take(&mut self.accept_again);
+        let first_listener = usize::MAX - 1 - self.listeners.len();
+        for event in self.events.iter() {
+            let token = event.token();
+            if token == WAKER_TOKEN {
+                continue;
+            }
+            if token.0 >= first_listener {
+                accept = true;
+            } else {
+                let closed = event.is_read_closed() || event.is_error();
+                self.tasks
+                    .mark_io_ready(token.0, event.is_readable() || closed, closed);
+            }
+        }
+        let now = Instant::now();
+        self.handle.timers.fire_expired(now);
+        if self.handle.is_shutting_down() && self.drain_deadline.is_none() {
+            self.begin_drain(now);
+        }
+        if let Some(until) = self.accept_paused_until {
+            if now >= until {
+                self.accept_paused_until = None;
+                accept = true;
+            }
+        }
+        if accept {
+            self.accept_ready();
+        }
+        None
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
@@ -280,9 +389,14 @@ impl Reactor {
         let Some(new_connection) = self.new_connection.as_mut() else {
             return;
         };
+        let readiness = Readiness::new();
+        let socket = ReadyStream {
+            socket,
+            readiness: readiness.clone(),
+        };
         let future = new_connection(socket, peer, local_addr);
         self.connections += 1;
-        if self.tasks.start(future, true) {
+        if self.tasks.start_io(future, readiness) {
             self.connections_ended(1);
         }
     }

@@ -165,6 +165,8 @@ const TASK_ROUNDS_PER_POLL: usize = 32;
 
 struct Task {
     id: Arc<TaskId>,
+    /// The readiness of the task's socket, for connection tasks.
+    readiness: Option<Arc<super::Readiness>>,
     waker: Waker,
     future: BoxFuture,
     /// Connection tasks count against `max_connections` and keep a draining reactor alive.
@@ -205,9 +207,25 @@ impl Executor {
         self.tasks.len()
     }
 
-    /// An I/O event for the task under `key`.
+    /// Makes the task under `key` ready, as an I/O event would (the fuzz harness).
+    #[cfg_attr(not(feature = "fuzzing"), allow(dead_code))]
     pub(crate) fn mark_ready(&mut self, key: usize) {
         if let Some(task) = self.tasks.get(key) {
+            if task.id.mark_queued() {
+                self.ready.push(task.id.clone());
+            }
+        }
+    }
+
+    /// An I/O event for the task under `key`; `readable` if it says the socket may read,
+    /// `closed` if it says the peer closed its side or the socket failed.
+    pub(crate) fn mark_io_ready(&mut self, key: usize, readable: bool, closed: bool) {
+        if let Some(task) = self.tasks.get(key) {
+            if readable {
+                if let Some(readiness) = &task.readiness {
+                    readiness.set_readable(closed);
+                }
+            }
             if task.id.mark_queued() {
                 self.ready.push(task.id.clone());
             }
@@ -231,11 +249,27 @@ impl Executor {
     /// Adds a task under [`Executor::next_key`] and polls it once. True if it was a
     /// connection and it has already ended.
     pub(crate) fn start(&mut self, future: BoxFuture, is_connection: bool) -> bool {
+        self.insert(future, is_connection, None)
+    }
+
+    /// Like [`Executor::start`] for a connection task whose socket's readiness the reactor
+    /// keeps up to date from its events.
+    pub(crate) fn start_io(&mut self, future: BoxFuture, readiness: Arc<super::Readiness>) -> bool {
+        self.insert(future, true, Some(readiness))
+    }
+
+    fn insert(
+        &mut self,
+        future: BoxFuture,
+        is_connection: bool,
+        readiness: Option<Arc<super::Readiness>>,
+    ) -> bool {
         let key = self.tasks.vacant_key();
         let id = TaskId::new(key, &self.run_queue);
         self.tasks.insert(Task {
             waker: Waker::from(id.clone()),
             id,
+            readiness,
             future,
             is_connection,
         });

@@ -1,0 +1,530 @@
+//! Leader/followers: the thread that polled a complete request runs its handler itself,
+//! and another thread takes the reactor over only if that handler blocks.
+//!
+//! Handing every request from the reactor thread to a worker and the response back costs
+//! two context switches per request, which on a busy core is most of the work of a small
+//! request. So the reactor (its `mio::Poll`, tasks and timers: the [`Reactor`]) is a token
+//! that one thread at a time holds, the *leader*. While the leader polls tasks, a request
+//! that is complete (no body, or a small body already read whole) is not sent to the pool:
+//! it is queued here ([`defer`]), and after the tasks' turn the leader runs it *outside*
+//! any task's poll — so a handler never runs inside the poll that feeds its body, and a
+//! streaming body never runs inline at all.
+//!
+//! Before it runs a handler, the leader puts the reactor down where a *monitor* thread can
+//! pick it up. While handlers run inline, a *monitor* thread looks at it now and then (as
+//! Go's `sysmon` does for goroutines stuck in system calls): every [`MONITOR_INTERVAL`]
+//! after it saw one running, backing off to [`MONITOR_MAX_INTERVAL`] while it finds none.
+//! When it sees the same handler still running at two looks in a row, it hands the reactor
+//! to a follower thread, which leads from then on. A quick handler therefore costs no
+//! context switch at all, and one that blocks (sleeps, waits on a lock, reads a file, calls
+//! this very server) stalls the other connections for at most about a millisecond, once: its
+//! route is then remembered as blocking and goes straight to the pool for
+//! [`BLOCKING_ROUTE_MEMORY`].
+//!
+//! When the blocked handler ends, its thread finds the reactor gone and becomes an idle
+//! follower. Inline handlers hold a place in the worker pool ([`WorkerPool::try_inline`]),
+//! so `max_workers`, the queue and load shedding mean exactly what they meant before.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::Reactor;
+use crate::worker::{InlineRun, WorkerPool};
+
+/// How soon the monitor looks again after it saw a handler running inline: a handler
+/// still running then (the same put-down seen twice) has blocked.
+const MONITOR_INTERVAL: Duration = Duration::from_micros(100);
+
+/// The longest pause between two looks. After each look that saw no handler running, the
+/// monitor waits twice as long, up to this (Go's `sysmon` backs off the same way): each
+/// wake-up costs a thread switch on the reactor's core, and quick handlers are almost never
+/// caught running. A handler that blocks therefore stalls the reactor for at most about
+/// this plus [`MONITOR_INTERVAL`], once per [`BLOCKING_ROUTE_MEMORY`] and route.
+const MONITOR_MAX_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Looks without any inline handler after which the monitor sleeps until the next one.
+const MONITOR_IDLE_LOOKS: u32 = 100;
+
+/// A handler that ran inline longer than this marks its route as blocking.
+const BLOCKING_AFTER: Duration = MONITOR_INTERVAL;
+
+/// How long a route that blocked goes straight to the pool before it is tried inline again.
+const BLOCKING_ROUTE_MEMORY: Duration = Duration::from_millis(500);
+
+/// How long an idle follower thread waits to lead again before it exits.
+const FOLLOWER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A handler job that the leader may run itself. It is called with the pool place it holds
+/// when it runs inline, or with `None` when it runs on a pool thread after all.
+pub(crate) type InlineJob = Box<dyn FnOnce(Option<InlineRun>) + Send + 'static>;
+
+/// A job deferred by a task poll, waiting for its leader to run it.
+pub(super) struct Deferred {
+    job: InlineJob,
+    route: usize,
+}
+
+thread_local! {
+    /// Jobs deferred by task polls on this thread; `Some` only while it leads a reactor.
+    static DEFERRED: RefCell<Option<Vec<Deferred>>> = const { RefCell::new(None) };
+}
+
+/// Offers a complete request's handler to run inline after the current task poll. `Err`
+/// gives the job back when this thread does not lead a reactor (the fuzz harness, a worker);
+/// the caller then gives it to the pool. (A job whose route blocked recently goes to the
+/// pool from the leader.)
+pub(crate) fn defer(route: usize, job: InlineJob) -> Result<(), InlineJob> {
+    DEFERRED.with(|deferred| match deferred.borrow_mut().as_mut() {
+        Some(list) => {
+            list.push(Deferred { job, route });
+            Ok(())
+        }
+        None => Err(job),
+    })
+}
+
+/// Whether task polls on this thread deferred jobs that the leader has yet to run: then
+/// the reactor must not sleep in `poll` before running them.
+pub(super) fn has_deferred() -> bool {
+    DEFERRED.with(|deferred| {
+        deferred
+            .borrow()
+            .as_ref()
+            .is_some_and(|list| !list.is_empty())
+    })
+}
+
+/// Runs `poll` (task polls) with deferral on for this thread, then runs the handlers it
+/// deferred as a leader does — inline with a pool place, or on the pool without one — but
+/// without a monitor: for a caller whose handlers never block (the fuzz harness).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn poll_then_run_inline<T>(pool: &WorkerPool, poll: impl FnOnce() -> T) -> T {
+    DEFERRED.with(|deferred| *deferred.borrow_mut() = Some(Vec::new()));
+    let out = poll();
+    let jobs = DEFERRED.with(|deferred| deferred.borrow_mut().take());
+    for Deferred { job, .. } in jobs.unwrap_or_default() {
+        match pool.try_inline() {
+            Some(place) => job(Some(place)),
+            None => {
+                if pool.try_execute(Box::new(move || job(None))).is_err() {
+                    tracing::warn!("all workers busy and the queue is full; answering 503");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Routes (request paths, hashed into a small table) whose handler blocked lately.
+struct BlockingRoutes {
+    epoch: Instant,
+    /// Per route, the instant until which it goes straight to the pool, in ms since
+    /// `epoch` + 1; 0 if never.
+    until: [AtomicU64; 64],
+}
+
+impl BlockingRoutes {
+    fn new() -> BlockingRoutes {
+        BlockingRoutes {
+            epoch: Instant::now(),
+            until: [const { AtomicU64::new(0) }; 64],
+        }
+    }
+
+    fn millis_now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    fn blocks(&self, route: usize) -> bool {
+        let until = self.until[route % self.until.len()].load(Ordering::Relaxed);
+        until != 0 && self.millis_now() < until
+    }
+
+    fn mark(&self, route: usize) {
+        let until = self.millis_now() + BLOCKING_ROUTE_MEMORY.as_millis() as u64;
+        self.until[route % self.until.len()].store(until, Ordering::Relaxed);
+    }
+}
+
+/// The route a request path belongs to, for [`defer`].
+pub(crate) fn route_of(path: &str) -> usize {
+    // FNV-1a.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in path.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash as usize
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here panics while holding a lock; a poisoned one is still whole.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Default)]
+struct Followers {
+    /// Threads waiting to lead.
+    idle: usize,
+    /// The reactor, handed to an idle follower.
+    handoff: Option<Box<Reactor>>,
+}
+
+#[derive(Default)]
+struct MonitorState {
+    parked: bool,
+}
+
+/// The reactor, put down by its leader to run a handler.
+struct PutDown {
+    reactor: Box<Reactor>,
+    /// Which put-down this is, so that the monitor can tell a reactor left there since its
+    /// last look from one put down again meanwhile.
+    number: u64,
+    /// The route of the handler running meanwhile.
+    route: usize,
+}
+
+/// What the leader, the monitor and the followers share.
+struct Leadership {
+    /// The reactor while its leader runs a handler inline: whoever takes it leads.
+    available: Mutex<Option<PutDown>>,
+    /// Put-downs so far: bumped each time a leader puts the reactor down to run a handler.
+    put_downs: AtomicU64,
+    monitor_parked: AtomicBool,
+    monitor: Mutex<MonitorState>,
+    monitor_wake: Condvar,
+    followers: Mutex<Followers>,
+    follower_wake: Condvar,
+    /// Set once the reactor has stopped, with its result.
+    finished: Mutex<Option<io::Result<()>>>,
+    finished_wake: Condvar,
+    done: AtomicBool,
+    blocking_routes: BlockingRoutes,
+    pool: WorkerPool,
+}
+
+/// How a thread's time as leader ended.
+enum Led {
+    /// A handler it ran inline blocked, and another thread leads now.
+    Lost,
+    /// The reactor stopped (drained, or failed).
+    Finished,
+}
+
+/// Runs the reactor on the calling thread, and on others when handlers block, until it
+/// stops; returns its result.
+pub(crate) fn run(reactor: Box<Reactor>, pool: WorkerPool) -> io::Result<()> {
+    let shared = Arc::new(Leadership {
+        available: Mutex::new(None),
+        put_downs: AtomicU64::new(0),
+        monitor_parked: AtomicBool::new(false),
+        monitor: Mutex::new(MonitorState::default()),
+        monitor_wake: Condvar::new(),
+        followers: Mutex::new(Followers::default()),
+        follower_wake: Condvar::new(),
+        finished: Mutex::new(None),
+        finished_wake: Condvar::new(),
+        done: AtomicBool::new(false),
+        blocking_routes: BlockingRoutes::new(),
+        pool,
+    });
+    let monitor = shared.clone();
+    let monitor = std::thread::Builder::new()
+        .name("portcullis-monitor".into())
+        .spawn(move || monitor.monitor());
+    if let Err(error) = &monitor {
+        // Handlers still run, on the pool: without a monitor nothing could take over.
+        tracing::warn!(%error, "cannot start the reactor monitor; handlers run on the pool");
+        return match shared.lead(reactor, false) {
+            Led::Finished | Led::Lost => shared.result(),
+        };
+    }
+    // The first leader is a thread of its own, like every later one: the calling thread
+    // only waits for the end, so that it returns as soon as the reactor stops even while
+    // a handler that blocked still runs on some former leader.
+    let slot = Arc::new(Mutex::new(Some(reactor)));
+    if let Err(error) = shared.spawn_follower(slot.clone()) {
+        tracing::warn!(%error, "cannot start the reactor thread; handlers run on the pool");
+        if let Some(reactor) = lock(&slot).take() {
+            shared.lead(reactor, false);
+        }
+    }
+    let mut finished = lock(&shared.finished);
+    while !shared.done.load(Ordering::SeqCst) {
+        finished = shared
+            .finished_wake
+            .wait(finished)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+    drop(finished);
+    if let Ok(monitor) = monitor {
+        let _ = monitor.join();
+    }
+    shared.result()
+}
+
+impl Leadership {
+    fn result(&self) -> io::Result<()> {
+        lock(&self.finished).take().unwrap_or(Ok(()))
+    }
+
+    /// Leads until a handler run inline blocks (another thread leads then) or the reactor
+    /// stops.
+    fn lead(self: &Arc<Self>, mut reactor: Box<Reactor>, inline: bool) -> Led {
+        let mut jobs: VecDeque<Deferred> = std::mem::take(&mut reactor.inline_jobs);
+        loop {
+            if jobs.is_empty() {
+                if inline {
+                    DEFERRED
+                        .with(|d| *d.borrow_mut() = Some(std::mem::take(&mut reactor.deferred)));
+                }
+                let finished = reactor.turn();
+                if inline {
+                    DEFERRED.with(|d| {
+                        if let Some(list) = d.borrow_mut().take() {
+                            reactor.deferred = list;
+                        }
+                    });
+                    jobs.extend(reactor.deferred.drain(..));
+                }
+                if let Some(result) = finished {
+                    // Jobs deferred in the last turn: their connections are gone with the
+                    // reactor; dropping them answers nobody, as before.
+                    drop(jobs);
+                    self.finish(result);
+                    return Led::Finished;
+                }
+                continue;
+            }
+            while let Some(Deferred { job, route }) = jobs.pop_front() {
+                let place = if self.blocking_routes.blocks(route) {
+                    None
+                } else {
+                    self.pool.try_inline()
+                };
+                let Some(place) = place else {
+                    // A route that blocked lately, or the pool is saturated (or shutting down):
+                    // the pool runs, queues or sheds it as usual.
+                    if self.pool.try_execute(Box::new(move || job(None))).is_err() {
+                        tracing::warn!("all workers busy and the queue is full; answering 503");
+                    }
+                    continue;
+                };
+                // Put the reactor down where the monitor can hand it to a follower.
+                reactor.inline_jobs = std::mem::take(&mut jobs);
+                let put_down = self.put_downs.fetch_add(1, Ordering::SeqCst) + 1;
+                *lock(&self.available) = Some(PutDown {
+                    reactor,
+                    number: put_down,
+                    route,
+                });
+                if self.monitor_parked.load(Ordering::SeqCst) {
+                    self.wake_monitor();
+                }
+                let started = Instant::now();
+                if catch_unwind(AssertUnwindSafe(|| job(Some(place)))).is_err() {
+                    tracing::error!("a handler job panicked outside the handler");
+                }
+                let blocked = started.elapsed() >= BLOCKING_AFTER;
+                if blocked {
+                    self.blocking_routes.mark(route);
+                }
+                // The reactor, if no follower took it — possibly put down by another thread
+                // that now runs a handler itself: this one is free, so it leads.
+                let back = lock(&self.available).take();
+                match back {
+                    Some(PutDown { reactor: back, .. }) => {
+                        reactor = back;
+                        jobs = std::mem::take(&mut reactor.inline_jobs);
+                    }
+                    None => {
+                        tracing::debug!("a handler blocked; another thread leads the reactor");
+                        return Led::Lost;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores the result and releases the monitor and every follower.
+    fn finish(&self, result: io::Result<()>) {
+        {
+            let mut finished = lock(&self.finished);
+            *finished = Some(result);
+            self.done.store(true, Ordering::SeqCst);
+            self.finished_wake.notify_all();
+        }
+        {
+            let _followers = lock(&self.followers);
+            self.follower_wake.notify_all();
+        }
+        self.wake_monitor();
+    }
+
+    /// Leads with `first`, then waits for the reactor to be handed over, leads, and waits
+    /// again, until the reactor stops or no hand-over came for [`FOLLOWER_IDLE_TIMEOUT`].
+    fn follow(self: &Arc<Self>, mut first: Option<Box<Reactor>>) {
+        loop {
+            if let Some(reactor) = first.take() {
+                if let Led::Finished = self.lead(reactor, true) {
+                    return;
+                }
+            }
+            let mut followers = lock(&self.followers);
+            followers.idle += 1;
+            loop {
+                if self.done.load(Ordering::SeqCst) {
+                    followers.idle -= 1;
+                    return;
+                }
+                if let Some(reactor) = followers.handoff.take() {
+                    followers.idle -= 1;
+                    first = Some(reactor);
+                    break;
+                }
+                let (next, wait) = self
+                    .follower_wake
+                    .wait_timeout(followers, FOLLOWER_IDLE_TIMEOUT)
+                    .unwrap_or_else(|e| e.into_inner());
+                followers = next;
+                if wait.timed_out() && followers.handoff.is_none() {
+                    followers.idle -= 1;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn wake_monitor(&self) {
+        let mut state = lock(&self.monitor);
+        state.parked = false;
+        self.monitor_parked.store(false, Ordering::SeqCst);
+        self.monitor_wake.notify_one();
+    }
+
+    /// The monitor thread: hands the reactor to a follower when it has lain put down (its
+    /// leader running a handler) since the previous look.
+    fn monitor(self: &Arc<Self>) {
+        let mut last_seen = 0;
+        let mut last_count = self.put_downs.load(Ordering::SeqCst);
+        let mut quiet_looks = 0;
+        let mut interval = MONITOR_INTERVAL;
+        while !self.done.load(Ordering::SeqCst) {
+            std::thread::sleep(interval);
+            let stuck = {
+                let mut available = lock(&self.available);
+                match &*available {
+                    Some(put_down) if put_down.number == last_seen => available.take(),
+                    Some(put_down) => {
+                        last_seen = put_down.number;
+                        None
+                    }
+                    None => {
+                        last_seen = 0;
+                        None
+                    }
+                }
+            };
+            interval = if last_seen == 0 {
+                (interval * 2).min(MONITOR_MAX_INTERVAL)
+            } else {
+                // A handler is running: look again soon.
+                MONITOR_INTERVAL
+            };
+            if let Some(PutDown { reactor, route, .. }) = stuck {
+                // Later requests for this route go to the pool at once, even those
+                // already queued behind this one.
+                self.blocking_routes.mark(route);
+                self.take_over(reactor, route);
+                last_seen = 0;
+            }
+            let count = self.put_downs.load(Ordering::SeqCst);
+            if count == last_count && last_seen == 0 {
+                quiet_looks += 1;
+            } else {
+                quiet_looks = 0;
+            }
+            last_count = count;
+            if quiet_looks >= MONITOR_IDLE_LOOKS {
+                // No handler ran inline for a while: sleep until the next one starts.
+                let mut state = lock(&self.monitor);
+                state.parked = true;
+                self.monitor_parked.store(true, Ordering::SeqCst);
+                if self.put_downs.load(Ordering::SeqCst) != last_count {
+                    state.parked = false;
+                    self.monitor_parked.store(false, Ordering::SeqCst);
+                }
+                while state.parked && !self.done.load(Ordering::SeqCst) {
+                    state = self
+                        .monitor_wake
+                        .wait(state)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                quiet_looks = 0;
+                interval = MONITOR_INTERVAL;
+            }
+        }
+    }
+
+    /// Gives the reactor, taken from a leader stuck in a handler, to an idle follower or a
+    /// new one.
+    fn take_over(self: &Arc<Self>, reactor: Box<Reactor>, route: usize) {
+        let mut followers = lock(&self.followers);
+        if followers.idle > 0 {
+            followers.handoff = Some(reactor);
+            self.follower_wake.notify_one();
+            return;
+        }
+        drop(followers);
+        let slot = Arc::new(Mutex::new(Some(reactor)));
+        if let Err(error) = self.spawn_follower(slot.clone()) {
+            tracing::error!(%error, "cannot start a thread to take the reactor over");
+            if let Some(reactor) = lock(&slot).take() {
+                // Back where the monitor found it; its leader takes it when the handler ends.
+                let put_down = self.put_downs.fetch_add(1, Ordering::SeqCst) + 1;
+                *lock(&self.available) = Some(PutDown {
+                    reactor,
+                    number: put_down,
+                    route,
+                });
+            }
+        }
+    }
+
+    /// Starts a follower thread that leads at once with the reactor in `slot`. The reactor
+    /// travels through the slot so that it can be taken back if no thread can be started.
+    fn spawn_follower(self: &Arc<Self>, slot: Arc<Mutex<Option<Box<Reactor>>>>) -> io::Result<()> {
+        let shared = self.clone();
+        std::thread::Builder::new()
+            .name("portcullis-reactor".into())
+            .spawn(move || {
+                let reactor = lock(&slot).take();
+                shared.follow(reactor);
+            })
+            .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blocking_route_is_remembered() {
+        let routes = BlockingRoutes::new();
+        let route = route_of("/leader-test/blocking");
+        assert!(!routes.blocks(route));
+        routes.mark(route);
+        assert!(routes.blocks(route));
+        assert!(
+            !routes.blocks(route_of("/leader-test/other"))
+                || route_of("/leader-test/other") % 64 == route % 64
+        );
+    }
+}

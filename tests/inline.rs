@@ -1,0 +1,365 @@
+//! Handlers run inline by the reactor's leader thread (leader/followers): quick complete
+//! requests need no worker, and a handler that blocks hands the reactor to another thread
+//! so that every other connection is still served.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hyper::body::Bytes;
+use hyper::{StatusCode, Version};
+use portcullis::{Body, ConnectionInfo, Limits, Request, Response};
+
+/// A gate a handler can wait at until the test opens it (or 10 s pass).
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<(bool, usize)>, Condvar)>);
+
+impl Gate {
+    /// Waits until opened; counts the waiters.
+    fn wait(&self) {
+        let (lock, cv) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        state.1 += 1;
+        cv.notify_all();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !state.0 && Instant::now() < deadline {
+            state = cv.wait_timeout(state, Duration::from_millis(50)).unwrap().0;
+        }
+    }
+
+    fn open(&self) {
+        let (lock, cv) = &*self.0;
+        lock.lock().unwrap().0 = true;
+        cv.notify_all();
+    }
+
+    /// Waits (up to 10 s) until `n` handlers are waiting at the gate.
+    fn wait_for_waiters(&self, n: usize) {
+        let (lock, cv) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state.1 < n {
+            assert!(Instant::now() < deadline, "no handler reached the gate");
+            state = cv.wait_timeout(state, Duration::from_millis(50)).unwrap().0;
+        }
+    }
+}
+
+/// `/gate` waits at the gate, `/sleep/<ms>` sleeps, `/thread` names the thread it ran on,
+/// `/panic` panics, `/stream` streams 1 MiB, `/echo` echoes its body; else `quick`.
+fn handler(gate: Gate) -> impl Fn(Request, ConnectionInfo) -> Response + Send + Sync {
+    move |req, _info| {
+        let path = req.uri().path().to_string();
+        match path.as_str() {
+            "/gate" => {
+                gate.wait();
+                Response::new(Body::from("gate passed"))
+            }
+            _ if path.starts_with("/thread/") => Response::new(Body::from(
+                std::thread::current().name().unwrap_or("-").to_string(),
+            )),
+            "/panic" => panic!("inline test panics on purpose"),
+            "/stream" => Response::new(Body::from_reader(std::io::repeat(b'z').take(1 << 20))),
+            "/echo" => Response::new(req.into_body()),
+            _ => {
+                if let Some(ms) = path.strip_prefix("/sleep/") {
+                    std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
+                }
+                Response::new(Body::from("quick"))
+            }
+        }
+    }
+}
+
+#[test]
+fn quick_requests_run_on_the_reactor_thread_without_a_worker() {
+    let handle = tls_server().spawn(handler(Gate::default())).expect("spawn");
+    let addr = addr(&handle);
+    let handle = Arc::new(handle);
+    let stats = handle.clone();
+    block_on(async move {
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let mut client = Client::connect_tls(addr, version).await;
+            let mut on_reactor = 0;
+            for i in 0..50 {
+                let reply = client
+                    .get(&format!("/thread/{i}"))
+                    .await
+                    .expect("GET /thread");
+                assert_eq!(reply.status, StatusCode::OK);
+                if reply.text() == "portcullis-reactor" {
+                    on_reactor += 1;
+                }
+            }
+            // Inline unless the machine was so busy that a run looked like blocking.
+            assert!(
+                on_reactor >= 10,
+                "{version:?}: {on_reactor} of 50 ran inline"
+            );
+        }
+        let _ = stats.worker_stats();
+    });
+    let handle = Arc::into_inner(handle).expect("sole owner");
+    stop(handle);
+}
+
+/// A handler that blocks does not stop other connections: the reactor moves on to
+/// another thread while it waits.
+#[test]
+fn a_blocked_handler_does_not_stall_other_connections() {
+    let gate = Gate::default();
+    let handle = tls_server().spawn(handler(gate.clone())).expect("spawn");
+    let addr = addr(&handle);
+    let waiter = gate.clone();
+    block_on(async move {
+        for (round, version) in [Version::HTTP_11, Version::HTTP_2].into_iter().enumerate() {
+            let blocked = tokio::spawn(async move { get_tls(addr, version, "/gate").await });
+            let w = waiter.clone();
+            tokio::task::spawn_blocking(move || w.wait_for_waiters(round + 1))
+                .await
+                .unwrap();
+            let mut client = Client::connect_tls(addr, version).await;
+            for i in 0..20 {
+                let started = Instant::now();
+                let reply = within(
+                    Duration::from_secs(5),
+                    "a quick request while another handler blocks",
+                    client.get(&format!("/q/{i}")),
+                )
+                .await
+                .expect("GET quick");
+                assert_eq!(reply.status, StatusCode::OK);
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "{version:?}: quick request {i} took {:?}",
+                    started.elapsed()
+                );
+            }
+            assert!(!blocked.is_finished(), "the gated handler did not wait");
+            // The same connection's other streams (HTTP/2) are served too.
+            if version == Version::HTTP_2 {
+                let reply = client.get("/other").await.expect("GET /other");
+                assert_eq!(reply.status, StatusCode::OK);
+            }
+        }
+    });
+    gate.open();
+    stop(handle);
+}
+
+/// The two guarantees, with the gate closed: a handler blocked on the reactor's leader
+/// thread, then quick requests from several connections at once, then the gate opens and
+/// every request completes.
+#[test]
+fn blocked_inline_handler_completes_and_quick_requests_flow_meanwhile() {
+    let gate = Gate::default();
+    let handle = tls_server().spawn(handler(gate.clone())).expect("spawn");
+    let addr = addr(&handle);
+    let waiter = gate.clone();
+    block_on(async move {
+        let blocked = tokio::spawn(async move { get_tls(addr, Version::HTTP_11, "/gate").await });
+        let w = waiter.clone();
+        tokio::task::spawn_blocking(move || w.wait_for_waiters(1))
+            .await
+            .unwrap();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let version = if i % 2 == 0 {
+                Version::HTTP_11
+            } else {
+                Version::HTTP_2
+            };
+            set.spawn(async move {
+                let mut client = Client::connect_tls(addr, version).await;
+                for _ in 0..10 {
+                    let reply = client.get("/quick").await.expect("GET /quick");
+                    assert_eq!(reply.status, StatusCode::OK);
+                }
+            });
+        }
+        within(Duration::from_secs(10), "quick requests", async {
+            while let Some(done) = set.join_next().await {
+                done.expect("client task");
+            }
+        })
+        .await;
+        assert!(!blocked.is_finished());
+        waiter.open();
+        let reply = within(Duration::from_secs(10), "the gated request", blocked)
+            .await
+            .expect("task");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.text(), "gate passed");
+    });
+    stop(handle);
+}
+
+/// A handler that calls the very server it runs in would deadlock if its thread kept the
+/// reactor: the inner request can only be served by the thread that takes it over.
+#[test]
+fn a_handler_may_call_its_own_server() {
+    let server = plain_server();
+    let inner_addr = server.local_addrs()[0];
+    let handle = server
+        .spawn(move |req: Request, _info: ConnectionInfo| {
+            if req.uri().path() != "/outer" {
+                return Response::new(Body::from("inner"));
+            }
+            let mut socket = std::net::TcpStream::connect(inner_addr).expect("connect");
+            socket
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            socket
+                .write_all(b"GET /inner HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut answer = String::new();
+            let _ = socket.read_to_string(&mut answer);
+            Response::new(Body::from(format!(
+                "outer got: {}",
+                answer.rsplit("\r\n").next().unwrap_or("")
+            )))
+        })
+        .expect("spawn");
+    let addr = addr(&handle);
+    block_on(async move {
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let mut client = Client::connect_plain(addr, version).await;
+            for _ in 0..3 {
+                let reply = within(
+                    Duration::from_secs(10),
+                    "a handler calling its own server",
+                    client.get("/outer"),
+                )
+                .await
+                .expect("GET /outer");
+                assert_eq!(reply.text(), "outer got: inner");
+            }
+        }
+    });
+    stop(handle);
+}
+
+#[test]
+fn inline_handlers_read_bodies_panic_and_stream() {
+    let handle = tls_server().spawn(handler(Gate::default())).expect("spawn");
+    let addr = addr(&handle);
+    block_on(async move {
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let mut client = Client::connect_tls(addr, version).await;
+            // A small body is read whole before the handler runs (inline); a large one
+            // streams to a worker.
+            for len in [1000, 60_000, 3 << 20] {
+                let body = Bytes::from(pseudo_random(len, len as u64));
+                let reply = client.post("/echo", body.clone()).await.expect("POST");
+                assert_eq!(reply.status, StatusCode::OK);
+                assert_same_bytes(&reply.body, &body, "echo");
+            }
+            let reply = client.get("/stream").await.expect("GET /stream");
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(reply.body.len(), 1 << 20);
+            assert!(reply.body.iter().all(|&b| b == b'z'));
+            if version == Version::HTTP_11 {
+                let reply = client.get("/panic").await.expect("GET /panic");
+                assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+                client = Client::connect_tls(addr, version).await;
+            } else {
+                assert!(client.get("/panic").await.is_err(), "panic gave a response");
+            }
+            let reply = client.get("/after").await.expect("GET after");
+            assert_eq!(reply.text(), "quick");
+        }
+    });
+    stop(handle);
+}
+
+/// With one worker place, a handler blocked inline holds it: the next request queues and
+/// the one after is shed, exactly as on the pool.
+#[test]
+fn inline_handlers_count_against_max_workers() {
+    let mut limits = Limits::default();
+    limits.max_workers = 1;
+    limits.max_queued_requests = 0;
+    let gate = Gate::default();
+    let handle = tls_server()
+        .limits(limits)
+        .spawn(handler(gate.clone()))
+        .expect("spawn");
+    let addr = addr(&handle);
+    let handle = Arc::new(handle);
+    let stats = handle.clone();
+    let waiter = gate.clone();
+    block_on(async move {
+        let blocked = tokio::spawn(async move { get_tls(addr, Version::HTTP_11, "/gate").await });
+        let w = waiter.clone();
+        tokio::task::spawn_blocking(move || w.wait_for_waiters(1))
+            .await
+            .unwrap();
+        assert_eq!(stats.worker_stats().busy, 1, "{:?}", stats.worker_stats());
+        let reply = get_tls(addr, Version::HTTP_11, "/shed").await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        waiter.open();
+        let reply = within(Duration::from_secs(10), "the gated request", blocked)
+            .await
+            .expect("task");
+        assert_eq!(reply.status, StatusCode::OK);
+        let reply = get_tls(addr, Version::HTTP_11, "/after").await;
+        assert_eq!(reply.status, StatusCode::OK);
+    });
+    let handle = Arc::into_inner(handle).expect("sole owner");
+    stop(handle);
+}
+
+/// Shutdown while a handler is blocked inline: the request still completes, then the
+/// server stops.
+#[test]
+fn shutdown_waits_for_a_handler_blocked_inline() {
+    let gate = Gate::default();
+    let handle = tls_server().spawn(handler(gate.clone())).expect("spawn");
+    let addr = addr(&handle);
+    let waiter = gate.clone();
+    let runtime = runtime();
+    let blocked = runtime.spawn(async move { get_tls(addr, Version::HTTP_2, "/gate").await });
+    waiter.wait_for_waiters(1);
+    handle.begin_shutdown();
+    std::thread::sleep(Duration::from_millis(100));
+    gate.open();
+    let reply = runtime
+        .block_on(async { within(Duration::from_secs(10), "gated request", blocked).await })
+        .expect("task");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "gate passed");
+    let took = shutdown_within(handle, Duration::from_secs(10));
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+}
+
+/// A route that blocked is sent to the pool for a while, so it stalls the reactor once,
+/// not on every request: many concurrent sleeping requests finish in about one sleep.
+#[test]
+fn sleeping_handlers_run_in_parallel() {
+    let handle = tls_server().spawn(handler(Gate::default())).expect("spawn");
+    let addr = addr(&handle);
+    block_on(async move {
+        let started = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..32 {
+            let version = if i % 2 == 0 {
+                Version::HTTP_11
+            } else {
+                Version::HTTP_2
+            };
+            set.spawn(async move { get_tls(addr, version, "/sleep/200").await });
+        }
+        while let Some(reply) = set.join_next().await {
+            assert_eq!(reply.expect("task").status, StatusCode::OK);
+        }
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < Duration::from_millis(1500),
+            "32 × 200 ms took {elapsed:?}"
+        );
+    });
+    stop(handle);
+}
