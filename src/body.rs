@@ -41,9 +41,11 @@ struct PipeState {
     reading_waker: Option<Waker>,
     /// Threads blocked in [`Pipe::wait`]: without any, a change needs no `futex` call.
     blocked: usize,
-    /// Waker of the asynchronous side (the producer for request bodies, the consumer for
-    /// response bodies).
+    /// Waker of the asynchronous producer (the connection feeding a request body).
     waker: Option<Waker>,
+    /// Waker of the asynchronous consumer (the connection sending a response body; for an
+    /// echo both sides are asynchronous).
+    consumer_waker: Option<Waker>,
     /// The blocked side, as the fuzz harness counts it.
     #[cfg(feature = "fuzzing")]
     waiters: crate::worker::Waiters,
@@ -79,6 +81,7 @@ impl Pipe {
                 producer_reading: false,
                 reading_waker: None,
                 waker: None,
+                consumer_waker: None,
                 blocked: 0,
                 #[cfg(feature = "fuzzing")]
                 waiters: Default::default(),
@@ -136,10 +139,13 @@ impl Pipe {
     }
 
     fn wake_async_side(mut state: MutexGuard<'_, PipeState>) {
-        let waker = state.waker.take();
-        let reading_waker = state.reading_waker.take();
+        let wakers = [
+            state.waker.take(),
+            state.consumer_waker.take(),
+            state.reading_waker.take(),
+        ];
         drop(state);
-        for waker in [waker, reading_waker].into_iter().flatten() {
+        for waker in wakers.into_iter().flatten() {
             waker.wake();
         }
     }
@@ -228,6 +234,11 @@ impl Pipe {
         state.buffered += chunk.len();
         state.chunks.push_back(chunk);
         self.notify_blocking_side(&mut state);
+        let consumer = state.consumer_waker.take();
+        drop(state);
+        if let Some(consumer) = consumer {
+            consumer.wake();
+        }
     }
 
     /// Blocking producer: waits for room (at most `timeout`), then queues the chunk. Fails
@@ -305,9 +316,14 @@ impl Pipe {
             // that it pushes several chunks per wake-up instead of one; and after the
             // lock is released, so that it does not wake only to wait for the lock.
             let release = state.buffered <= self.capacity / 2 && Self::release_blocked(&mut state);
+            // An asynchronous producer (an echo) waiting for room.
+            let producer = state.waker.take();
             drop(state);
             if release {
                 self.changed.notify_all();
+            }
+            if let Some(producer) = producer {
+                producer.wake();
             }
             return Poll::Ready(Some(Ok(chunk)));
         }
@@ -317,7 +333,7 @@ impl Pipe {
                 Poll::Ready(Some(Err(io::Error::new(*kind, message.to_string()))))
             }
             None => {
-                state.waker = Some(cx.waker().clone());
+                state.consumer_waker = Some(cx.waker().clone());
                 Poll::Pending
             }
         }
@@ -338,6 +354,8 @@ impl Pipe {
 pub(crate) struct PipeReader {
     pipe: Arc<Pipe>,
     current: Bytes,
+    /// Handed on whole (see [`PipeReader::into_forward`]): leaving does not close the pipe.
+    forwarded: bool,
 }
 
 impl PipeReader {
@@ -345,7 +363,14 @@ impl PipeReader {
         PipeReader {
             pipe,
             current: Bytes::new(),
+            forwarded: false,
         }
+    }
+
+    /// The pipe and the part of a chunk not read yet, for a new consumer to go on with.
+    fn into_forward(mut self) -> (Arc<Pipe>, Bytes) {
+        self.forwarded = true;
+        (self.pipe.clone(), std::mem::take(&mut self.current))
     }
 
     fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
@@ -358,7 +383,9 @@ impl PipeReader {
 
 impl Drop for PipeReader {
     fn drop(&mut self) {
-        self.pipe.close_consumer();
+        if !self.forwarded {
+            self.pipe.close_consumer();
+        }
     }
 }
 
@@ -442,7 +469,11 @@ impl Body {
         match self.kind {
             Kind::Empty => StreamSource::Full(Bytes::new()),
             Kind::Bytes(bytes) => StreamSource::Full(bytes),
-            Kind::Reader(_) | Kind::Incoming(_) => StreamSource::Stream(self),
+            Kind::Incoming(reader) => {
+                let (pipe, first) = reader.into_forward();
+                StreamSource::Forward { pipe, first }
+            }
+            Kind::Reader(_) => StreamSource::Stream(self),
         }
     }
 
@@ -476,6 +507,9 @@ pub(crate) enum StreamSource {
     Full(Bytes),
     /// Must be read on the worker, chunk by chunk.
     Stream(Body),
+    /// The request body, sent on as the response body (an echo): the reactor takes it
+    /// from the request's pipe itself, starting with `first`, and no worker is held.
+    Forward { pipe: Arc<Pipe>, first: Bytes },
 }
 
 /// Reads the streamed body on the current (worker) thread into `pipe` until the end,

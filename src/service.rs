@@ -306,6 +306,11 @@ impl HandlerJob {
                 sender.send(Outcome::Response(http::Response::from_parts(parts, body)));
                 return;
             }
+            StreamSource::Forward { pipe, first } => {
+                let body = ResponseBody::stream(pipe, first, log);
+                sender.send(Outcome::Response(http::Response::from_parts(parts, body)));
+                return;
+            }
             StreamSource::Stream(body) => body,
         };
         let pipe = Pipe::new(PIPE_CAPACITY);
@@ -334,7 +339,7 @@ impl HandlerJob {
             None => {
                 sender.send(Outcome::Response(http::Response::from_parts(
                     parts,
-                    ResponseBody::stream(pipe, log),
+                    ResponseBody::stream(pipe, Bytes::new(), log),
                 )));
                 pump();
             }
@@ -352,7 +357,7 @@ impl HandlerJob {
                 }
                 sender.send(Outcome::Response(http::Response::from_parts(
                     parts,
-                    ResponseBody::stream(pipe, log),
+                    ResponseBody::stream(pipe, Bytes::new(), log),
                 )));
             }
         }
@@ -862,7 +867,9 @@ impl Drop for AccessLog {
 
 enum ResponseKind {
     Full(Option<Bytes>),
-    Stream(Arc<Pipe>),
+    /// A response pipe fed by a worker, or a request pipe fed by the connection (an
+    /// echo), after `first` (what the handler left of a chunk it began to read).
+    Stream(Arc<Pipe>, Option<Bytes>),
 }
 
 /// The response body as hyper polls it, on the reactor.
@@ -881,9 +888,9 @@ impl ResponseBody {
         }
     }
 
-    fn stream(pipe: Arc<Pipe>, log: AccessLog) -> ResponseBody {
+    fn stream(pipe: Arc<Pipe>, first: Bytes, log: AccessLog) -> ResponseBody {
         ResponseBody {
-            kind: ResponseKind::Stream(pipe),
+            kind: ResponseKind::Stream(pipe, Some(first).filter(|b| !b.is_empty())),
             log,
             complete: false,
         }
@@ -901,7 +908,8 @@ impl http_body::Body for ResponseBody {
         let this = self.get_mut();
         let next = match &mut this.kind {
             ResponseKind::Full(bytes) => Poll::Ready(bytes.take().map(Ok)),
-            ResponseKind::Stream(pipe) => pipe.poll_pop(cx),
+            ResponseKind::Stream(_, first @ Some(_)) => Poll::Ready(first.take().map(Ok)),
+            ResponseKind::Stream(pipe, None) => pipe.poll_pop(cx),
         };
         match &next {
             Poll::Ready(Some(Ok(chunk))) => this.log.sent += chunk.len() as u64,
@@ -919,14 +927,14 @@ impl http_body::Body for ResponseBody {
         match &self.kind {
             ResponseKind::Full(None) => SizeHint::with_exact(0),
             ResponseKind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            ResponseKind::Stream(_) => SizeHint::default(),
+            ResponseKind::Stream(..) => SizeHint::default(),
         }
     }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let ResponseKind::Stream(pipe) = &self.kind {
+        if let ResponseKind::Stream(pipe, _) = &self.kind {
             // Releases a worker blocked on a client that went away.
             pipe.close_consumer();
         }
