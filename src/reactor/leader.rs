@@ -71,20 +71,28 @@ pub(super) struct Deferred {
 
 thread_local! {
     /// Jobs deferred by task polls on this thread; `Some` only while it leads a reactor.
-    static DEFERRED: RefCell<Option<Vec<Deferred>>> = const { RefCell::new(None) };
+    static DEFERRED: RefCell<Option<Deferral>> = const { RefCell::new(None) };
+}
+
+/// What a leading thread's task polls defer into.
+struct Deferral {
+    jobs: Vec<Deferred>,
+    /// Jobs of these routes go to the pool at once instead.
+    blocking_routes: Arc<BlockingRoutes>,
 }
 
 /// Offers a complete request's handler to run inline after the current task poll. `Err`
-/// gives the job back when this thread does not lead a reactor (the fuzz harness, a worker);
-/// the caller then gives it to the pool. (A job whose route blocked recently goes to the
-/// pool from the leader.)
+/// gives the job back when this thread does not lead a reactor (the fuzz harness, a worker)
+/// or when the job's route blocked lately; the caller then gives it to the pool at once.
 pub(crate) fn defer(route: usize, job: InlineJob) -> Result<(), InlineJob> {
     DEFERRED.with(|deferred| match deferred.borrow_mut().as_mut() {
-        Some(list) => {
-            list.push(Deferred { job, route });
+        // A route that blocked lately: to the pool now, so that its handler starts without
+        // waiting for the rest of this turn's task polls.
+        Some(deferral) if !deferral.blocking_routes.blocks(route) => {
+            deferral.jobs.push(Deferred { job, route });
             Ok(())
         }
-        None => Err(job),
+        _ => Err(job),
     })
 }
 
@@ -95,7 +103,7 @@ pub(super) fn has_deferred() -> bool {
         deferred
             .borrow()
             .as_ref()
-            .is_some_and(|list| !list.is_empty())
+            .is_some_and(|deferral| !deferral.jobs.is_empty())
     })
 }
 
@@ -104,10 +112,15 @@ pub(super) fn has_deferred() -> bool {
 /// without a monitor: for a caller whose handlers never block (the fuzz harness).
 #[cfg(feature = "fuzzing")]
 pub(crate) fn poll_then_run_inline<T>(pool: &WorkerPool, poll: impl FnOnce() -> T) -> T {
-    DEFERRED.with(|deferred| *deferred.borrow_mut() = Some(Vec::new()));
+    DEFERRED.with(|deferred| {
+        *deferred.borrow_mut() = Some(Deferral {
+            jobs: Vec::new(),
+            blocking_routes: Arc::new(BlockingRoutes::new()),
+        })
+    });
     let out = poll();
-    let jobs = DEFERRED.with(|deferred| deferred.borrow_mut().take());
-    for Deferred { job, .. } in jobs.unwrap_or_default() {
+    let deferral = DEFERRED.with(|deferred| deferred.borrow_mut().take());
+    for Deferred { job, .. } in deferral.map(|d| d.jobs).unwrap_or_default() {
         match pool.try_inline() {
             Some(place) => job(Some(place)),
             None => {
@@ -205,7 +218,7 @@ struct Leadership {
     finished: Mutex<Option<io::Result<()>>>,
     finished_wake: Condvar,
     done: AtomicBool,
-    blocking_routes: BlockingRoutes,
+    blocking_routes: Arc<BlockingRoutes>,
     pool: WorkerPool,
 }
 
@@ -231,7 +244,7 @@ pub(crate) fn run(reactor: Box<Reactor>, pool: WorkerPool) -> io::Result<()> {
         finished: Mutex::new(None),
         finished_wake: Condvar::new(),
         done: AtomicBool::new(false),
-        blocking_routes: BlockingRoutes::new(),
+        blocking_routes: Arc::new(BlockingRoutes::new()),
         pool,
     });
     let monitor = shared.clone();
@@ -281,14 +294,18 @@ impl Leadership {
         loop {
             if jobs.is_empty() {
                 if inline {
-                    DEFERRED
-                        .with(|d| *d.borrow_mut() = Some(std::mem::take(&mut reactor.deferred)));
+                    DEFERRED.with(|d| {
+                        *d.borrow_mut() = Some(Deferral {
+                            jobs: std::mem::take(&mut reactor.deferred),
+                            blocking_routes: self.blocking_routes.clone(),
+                        })
+                    });
                 }
                 let finished = reactor.turn();
                 if inline {
                     DEFERRED.with(|d| {
-                        if let Some(list) = d.borrow_mut().take() {
-                            reactor.deferred = list;
+                        if let Some(deferral) = d.borrow_mut().take() {
+                            reactor.deferred = deferral.jobs;
                         }
                     });
                     jobs.extend(reactor.deferred.drain(..));
@@ -526,5 +543,29 @@ mod tests {
             !routes.blocks(route_of("/leader-test/other"))
                 || route_of("/leader-test/other") % 64 == route % 64
         );
+    }
+
+    #[test]
+    fn a_blocking_route_is_not_deferred() {
+        let routes = Arc::new(BlockingRoutes::new());
+        let blocking = route_of("/leader-test/sleeps");
+        let quick = route_of("/leader-test/quick");
+        assert_ne!(blocking % 64, quick % 64);
+        routes.mark(blocking);
+        let job = || -> InlineJob { Box::new(|_| {}) };
+        // Not leading: every job is given back.
+        assert!(defer(quick, job()).is_err());
+        DEFERRED.with(|d| {
+            *d.borrow_mut() = Some(Deferral {
+                jobs: Vec::new(),
+                blocking_routes: routes.clone(),
+            })
+        });
+        assert!(defer(quick, job()).is_ok());
+        assert!(has_deferred());
+        // The route that blocked goes to the pool at once, not after the turn.
+        assert!(defer(blocking, job()).is_err());
+        let deferral = DEFERRED.with(|d| d.borrow_mut().take());
+        assert_eq!(deferral.map(|d| d.jobs.len()), Some(1));
     }
 }
