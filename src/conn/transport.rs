@@ -12,7 +12,7 @@
 //! that rustls already holds are always handed out before the socket is read again, and
 //! everything rustls wants to send is written out until the socket would block.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -210,25 +210,42 @@ impl<S: Socket> hyper::rt::Read for Transport<S> {
                 };
             }
         };
+        // Decrypted bytes are copied straight out of rustls' buffer (no zeroing), record
+        // after record, until `want` bytes or the socket would block: large reads make
+        // large body chunks, so an upload costs fewer wake-ups and writes downstream.
+        let want = buf.remaining().min(MAX_READ);
+        let mut copied = 0;
         let mut peer_closed = false;
         loop {
             // Plaintext rustls already decrypted comes first: the socket may have nothing
             // more to say and never become readable again.
-            let want = buf.remaining().min(MAX_READ);
-            let result = tls.reader().read(buf.initialize_unfilled_to(want));
-            match result {
-                Ok(n) => {
-                    // SAFETY: `initialize_unfilled_to` initialized the slice and `read`
-                    // filled its first `n` bytes. `n == 0` is a clean close_notify.
-                    unsafe { buf.advance(n) };
+            match tls.reader().fill_buf() {
+                Ok([]) => {
+                    // A clean close_notify: the end, once what was copied is taken.
                     return Poll::Ready(Ok(()));
                 }
+                Ok(plain) => {
+                    let n = plain.len().min(want - copied);
+                    buf.put_slice(&plain[..n]);
+                    tls.reader().consume(n);
+                    copied += n;
+                    if copied == want {
+                        return Poll::Ready(Ok(()));
+                    }
+                    continue;
+                }
                 Err(e) if would_block(&e) => {}
+                // The bytes copied first; the error comes again on the next read.
+                Err(_) if copied > 0 => return Poll::Ready(Ok(())),
                 // Includes UnexpectedEof: TCP closed without close_notify (truncation).
                 Err(e) => return Poll::Ready(Err(e)),
             }
             if peer_closed {
-                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                return Poll::Ready(if copied > 0 {
+                    Ok(())
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                });
             }
             match tls.read_tls(&mut this.socket) {
                 Ok(0) => peer_closed = true,
@@ -241,9 +258,14 @@ impl<S: Socket> hyper::rt::Read for Transport<S> {
                 Err(e) if would_block(&e) => {
                     // Key updates and the like may be waiting to go out.
                     let _ = this.poll_flush_tls();
-                    return Poll::Pending;
+                    return if copied > 0 {
+                        Poll::Ready(Ok(()))
+                    } else {
+                        Poll::Pending
+                    };
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) if copied > 0 => return Poll::Ready(Ok(())),
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
