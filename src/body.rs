@@ -354,30 +354,51 @@ impl Pipe {
 pub(crate) struct PipeReader {
     pipe: Arc<Pipe>,
     current: Bytes,
+    /// The bytes not handed out yet (`current` included), when the request declared its
+    /// length (`Content-Length`).
+    left: Option<u64>,
     /// Handed on whole (see [`PipeReader::into_forward`]): leaving does not close the pipe.
     forwarded: bool,
 }
 
 impl PipeReader {
-    pub(crate) fn new(pipe: Arc<Pipe>) -> PipeReader {
+    pub(crate) fn new(pipe: Arc<Pipe>, length: Option<u64>) -> PipeReader {
         PipeReader {
             pipe,
             current: Bytes::new(),
+            left: length,
             forwarded: false,
         }
     }
 
-    /// The pipe and the part of a chunk not read yet, for a new consumer to go on with.
-    fn into_forward(mut self) -> (Arc<Pipe>, Bytes) {
+    /// The pipe, the part of a chunk not read yet and the length still to come, for a new
+    /// consumer to go on with.
+    fn into_forward(mut self) -> (Arc<Pipe>, Bytes, Option<u64>) {
         self.forwarded = true;
-        (self.pipe.clone(), std::mem::take(&mut self.current))
+        (
+            self.pipe.clone(),
+            std::mem::take(&mut self.current),
+            self.left,
+        )
+    }
+
+    /// Counts `n` bytes handed out.
+    fn handed_out(&mut self, n: usize) {
+        if let Some(left) = &mut self.left {
+            *left = left.saturating_sub(n as u64);
+        }
     }
 
     fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        if !self.current.is_empty() {
-            return Ok(Some(std::mem::take(&mut self.current)));
+        let chunk = if self.current.is_empty() {
+            self.pipe.pop_blocking()?
+        } else {
+            Some(std::mem::take(&mut self.current))
+        };
+        if let Some(chunk) = &chunk {
+            self.handed_out(chunk.len());
         }
-        self.pipe.pop_blocking()
+        Ok(chunk)
     }
 }
 
@@ -437,18 +458,26 @@ impl Body {
         }
     }
 
-    pub(crate) fn incoming(pipe: Arc<Pipe>) -> Body {
+    /// A request body that the connection streams into `pipe`; `length` is what the
+    /// request declared (`Content-Length`), if it did.
+    pub(crate) fn incoming(pipe: Arc<Pipe>, length: Option<u64>) -> Body {
         Body {
-            kind: Kind::Incoming(PipeReader::new(pipe)),
+            kind: Kind::Incoming(PipeReader::new(pipe, length)),
         }
     }
 
-    /// The length, when the whole body is already in memory.
+    /// The number of bytes left in the body, when known: always for bytes in memory; for a
+    /// request body that declared its length (`Content-Length`), that length less what
+    /// was read; `None` for a reader or a request body without a declared length.
+    ///
+    /// A request body whose length is known keeps it when handed back as the response
+    /// (an echo), which then goes out with a `Content-Length` instead of chunked.
     pub fn exact_len(&self) -> Option<u64> {
         match &self.kind {
             Kind::Empty => Some(0),
             Kind::Bytes(bytes) => Some(bytes.len() as u64),
-            Kind::Reader(_) | Kind::Incoming(_) => None,
+            Kind::Incoming(reader) => reader.left,
+            Kind::Reader(_) => None,
         }
     }
 
@@ -470,8 +499,12 @@ impl Body {
             Kind::Empty => StreamSource::Full(Bytes::new()),
             Kind::Bytes(bytes) => StreamSource::Full(bytes),
             Kind::Incoming(reader) => {
-                let (pipe, first) = reader.into_forward();
-                StreamSource::Forward { pipe, first }
+                let (pipe, first, length) = reader.into_forward();
+                StreamSource::Forward {
+                    pipe,
+                    first,
+                    length,
+                }
             }
             Kind::Reader(_) => StreamSource::Stream(self),
         }
@@ -509,7 +542,12 @@ pub(crate) enum StreamSource {
     Stream(Body),
     /// The request body, sent on as the response body (an echo): the reactor takes it
     /// from the request's pipe itself, starting with `first`, and no worker is held.
-    Forward { pipe: Arc<Pipe>, first: Bytes },
+    /// `length`: the bytes still to come, `first` included, when the request declared it.
+    Forward {
+        pipe: Arc<Pipe>,
+        first: Bytes,
+        length: Option<u64>,
+    },
 }
 
 /// Reads the streamed body on the current (worker) thread into `pipe` until the end,
@@ -565,6 +603,7 @@ impl Read for Body {
                 let n = reader.current.len().min(buf.len());
                 buf[..n].copy_from_slice(&reader.current[..n]);
                 reader.current.advance(n);
+                reader.handed_out(n);
                 Ok(n)
             }
         }
@@ -675,7 +714,7 @@ mod tests {
             io::ErrorKind::UnexpectedEof,
             "truncated",
         )));
-        let mut body = Body::incoming(pipe);
+        let mut body = Body::incoming(pipe, None);
         let mut out = Vec::new();
         let err = body.read_to_end(&mut out).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
@@ -693,7 +732,7 @@ mod tests {
                 pipe.push_blocking(Bytes::from_static(b"y"), Duration::from_secs(10))
             })
         };
-        drop(Body::incoming(pipe));
+        drop(Body::incoming(pipe, None));
         let err = producer.join().unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
     }

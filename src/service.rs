@@ -219,6 +219,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
                 dispatch: self.clone(),
             })));
         }
+        let length = incoming.size_hint().exact();
         let pipe = Pipe::new(PIPE_CAPACITY);
         self.ctx.reactor.run_queue.spawn(Box::pin(pump_request_body(
             incoming,
@@ -231,7 +232,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
         log.request_body = Some(pipe.clone());
         let awaiting_continue =
             (expects_continue && protocol == Protocol::Http1).then(|| pipe.clone());
-        let request = http::Request::from_parts(parts, Body::incoming(pipe));
+        let request = http::Request::from_parts(parts, Body::incoming(pipe, length));
         let mut future = self.waiting(self.submit(request, log, running, false));
         future.awaiting_continue = awaiting_continue;
         future
@@ -306,8 +307,13 @@ impl HandlerJob {
                 sender.send(Outcome::Response(http::Response::from_parts(parts, body)));
                 return;
             }
-            StreamSource::Forward { pipe, first } => {
-                let body = ResponseBody::stream(pipe, first, log);
+            StreamSource::Forward {
+                pipe,
+                first,
+                length,
+            } => {
+                let mut body = ResponseBody::stream(pipe, first, log);
+                body.length = length;
                 sender.send(Outcome::Response(http::Response::from_parts(parts, body)));
                 return;
             }
@@ -877,6 +883,9 @@ pub(crate) struct ResponseBody {
     kind: ResponseKind,
     log: AccessLog,
     complete: bool,
+    /// A streamed body's length when known (a forwarded request body that declared it):
+    /// hyper then sends `Content-Length` rather than chunks.
+    length: Option<u64>,
 }
 
 impl ResponseBody {
@@ -885,6 +894,7 @@ impl ResponseBody {
             kind: ResponseKind::Full(Some(bytes).filter(|b| !b.is_empty())),
             log,
             complete: false,
+            length: None,
         }
     }
 
@@ -893,6 +903,7 @@ impl ResponseBody {
             kind: ResponseKind::Stream(pipe, Some(first).filter(|b| !b.is_empty())),
             log,
             complete: false,
+            length: None,
         }
     }
 }
@@ -927,7 +938,10 @@ impl http_body::Body for ResponseBody {
         match &self.kind {
             ResponseKind::Full(None) => SizeHint::with_exact(0),
             ResponseKind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            ResponseKind::Stream(..) => SizeHint::default(),
+            ResponseKind::Stream(..) => match self.length {
+                Some(length) => SizeHint::with_exact(length.saturating_sub(self.log.sent)),
+                None => SizeHint::default(),
+            },
         }
     }
 }

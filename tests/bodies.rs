@@ -400,3 +400,88 @@ fn handler_reading_part_of_body_then_answering() {
     });
     stop(handle);
 }
+
+/// Reads the first 1 000 bytes, then hands the rest back as the response, saying what
+/// `exact_len` reported before and after the read.
+fn echo_rest_after_1000(
+    mut req: portcullis::Request,
+    _info: portcullis::ConnectionInfo,
+) -> Response {
+    let before = req.body().exact_len();
+    let mut head = vec![0u8; 1000];
+    if let Err(e) = req.body_mut().read_exact(&mut head) {
+        return http::Response::builder()
+            .status(400)
+            .body(Body::from(format!("{e}")))
+            .expect("response");
+    }
+    let after = req.body().exact_len();
+    let mut response = Response::new(req.into_body());
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-len-before",
+        format!("{before:?}").parse().expect("header"),
+    );
+    headers.insert("x-len-after", format!("{after:?}").parse().expect("header"));
+    response
+}
+
+#[test]
+fn echoed_body_keeps_its_declared_length() {
+    // A request body that declared its length (Content-Length) knows what is left of it,
+    // and handed back as the response it goes out with a Content-Length, not chunked.
+    let handle = spawn_tls(echo_rest_after_1000);
+    let addr = addr(&handle);
+    let data = Bytes::from(pseudo_random(3 * 1024 * 1024 + 5, 11));
+    let rest = (data.len() - 1000).to_string();
+    block_on(async move {
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let mut client = Client::connect_tls(addr, version).await;
+            let reply = client
+                .post("/rest", data.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{version:?}: {e:?}"));
+            assert_eq!(reply.status, StatusCode::OK, "{version:?}");
+            let header = |name: &str| {
+                reply
+                    .headers
+                    .get(name)
+                    .map(|v| v.to_str().expect("ascii").to_string())
+            };
+            assert_eq!(
+                header("x-len-before"),
+                Some(format!("Some({})", data.len()))
+            );
+            assert_eq!(header("x-len-after"), Some(format!("Some({rest})")));
+            assert_eq!(header("content-length"), Some(rest.clone()), "{version:?}");
+            assert_eq!(header("transfer-encoding"), None, "{version:?}");
+            assert_same_bytes(&reply.body, &data[1000..], "the rest, echoed");
+        }
+    });
+    // Without a declared length (a chunked upload) the length is unknown and the echo
+    // goes out chunked.
+    let data = pseudo_random(200_000, 12);
+    let file = TempFile::new("rest-chunked.bin", &data);
+    let upload = format!("@{}", file.as_str());
+    let reply = curl(
+        addr,
+        true,
+        "/rest",
+        &[
+            "--http1.1",
+            "--data-binary",
+            &upload,
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-D",
+            "/dev/stderr",
+        ],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.stderr);
+    let head = reply.stderr.to_ascii_lowercase();
+    assert!(head.contains("x-len-before: none"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    assert_same_bytes(&reply.body, &data[1000..], "the rest of a chunked upload");
+    stop(handle);
+}
