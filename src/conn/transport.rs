@@ -24,10 +24,11 @@ use rustls::ServerConnection;
 
 use super::deadlines::ConnectionWatch;
 
-/// The most one read asks for. hyper hands over its whole spare buffer (up to ~400 KiB
-/// once its HTTP/1 read strategy has grown) uninitialized, and a read must zero what it
-/// asks for: asking for all of it cost more than the data (HTTP/1.1 uploads used 2.3x the
-/// peer's CPU per byte). A TLS record is at most 16 KiB of plaintext.
+/// The most one read hands hyper. hyper offers its whole spare buffer (up to ~400 KiB once
+/// its HTTP/1 read strategy has grown) uninitialized; a plain socket read must zero what it
+/// asks for, and asking for all of it cost more than the data (HTTP/1.1 uploads used 2.3x
+/// the peer's CPU per byte). TLS reads copy decrypted records without zeroing, two 16 KiB
+/// records at most per read, so that one poll of a busy connection stays short.
 const MAX_READ: usize = 32 * 1024;
 
 /// The HTTP/2 connection preface a client with prior knowledge (h2c) starts with.
