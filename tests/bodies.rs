@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::io::{Cursor, Read};
+use std::io::{self, Cursor, Read};
+use std::time::Duration;
 
 use common::*;
 use hyper::body::Bytes;
@@ -483,5 +484,61 @@ fn echoed_body_keeps_its_declared_length() {
     assert!(head.contains("transfer-encoding: chunked"), "{head}");
     assert!(!head.contains("content-length"), "{head}");
     assert_same_bytes(&reply.body, &data[1000..], "the rest of a chunked upload");
+    stop(handle);
+}
+
+/// A request body cut short: the client sends half of what `Content-Length` declares and
+/// then closes, either with a bare TCP FIN (no TLS close_notify: a truncation) or after a
+/// clean close_notify. Either way the handler reading the body gets an error, never a
+/// clean end with half the bytes.
+#[test]
+fn a_body_cut_short_is_an_error_for_the_handler() {
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+    use tokio::io::AsyncWriteExt;
+
+    let (report, reports) = mpsc::channel::<Result<usize, io::ErrorKind>>();
+    let report = Mutex::new(report);
+    let handle = spawn_tls(move |req: portcullis::Request, _info| {
+        let mut body = Vec::new();
+        let result = req.into_body().read_to_end(&mut body).map_err(|e| e.kind());
+        let _ = report.lock().expect("report lock").send(result);
+        Response::new(Body::from("read\n"))
+    });
+    let addr = addr(&handle);
+    let declared = 200_000;
+    let sent = pseudo_random(declared / 2, 13);
+    for close_notify in [false, true] {
+        let body = sent.clone();
+        block_on(async move {
+            let mut stream = tls_connect(addr, &[b"http/1.1"]).await.expect("connect");
+            let head = format!(
+                "POST /upload HTTP/1.1\r\nhost: localhost\r\ncontent-length: {declared}\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await.expect("head");
+            stream.write_all(&body).await.expect("half the body");
+            stream.flush().await.expect("flush");
+            if close_notify {
+                stream.shutdown().await.expect("close_notify and FIN");
+            } else {
+                stream.get_mut().0.shutdown().await.expect("bare FIN");
+            }
+            // Keep the socket until the server has read everything.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        });
+        let result = reports
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the handler ran and finished reading");
+        let what = if close_notify {
+            "close_notify"
+        } else {
+            "TCP FIN without close_notify"
+        };
+        assert!(
+            result.is_err(),
+            "{what} after {} of {declared} bytes: the handler saw a clean end ({result:?})",
+            sent.len()
+        );
+    }
     stop(handle);
 }
