@@ -7,6 +7,7 @@
 //! handler panics, so the pool stays at strength.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -58,6 +59,13 @@ impl Waiters {
 /// A unit of blocking work.
 pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// How many times a worker that finished a job yields its CPU, looking for the next job,
+/// before it parks (Go's scheduler spins the same way before it parks a thread). A job
+/// submitted meanwhile costs no wake-up: the 10 ms blocking-handler benchmark (256
+/// clients) went from ~23.2k to ~24.4k requests/s. While nothing else is runnable the
+/// spin takes a few microseconds.
+const SPIN_YIELDS: usize = 5;
+
 /// Sizing of the pool.
 #[derive(Clone, Debug)]
 pub(crate) struct PoolConfig {
@@ -73,6 +81,10 @@ pub(crate) struct WorkerPool {
 }
 
 struct PoolInner {
+    /// The queue's length, for spinning workers to watch without the lock.
+    queued: AtomicUsize,
+    /// At most this many workers spin at once.
+    max_spinning: usize,
     state: Mutex<PoolState>,
     work_available: Condvar,
     config: PoolConfig,
@@ -85,6 +97,11 @@ struct PoolState {
     threads: usize,
     /// Threads waiting for a job.
     idle: usize,
+    /// Threads looking for a job for a moment before they wait (see [`SPIN_YIELDS`]).
+    spinning: usize,
+    /// Jobs queued for a spinning worker without a wake-up (tests check the path is taken).
+    #[cfg(test)]
+    handed_to_spinner: usize,
     /// Handlers running: jobs on pool threads, plus handlers run inline by the thread that
     /// leads the reactor (see [`WorkerPool::try_inline`]). Never above `max_workers`.
     busy: usize,
@@ -112,6 +129,10 @@ impl WorkerPool {
     pub(crate) fn new(config: PoolConfig) -> WorkerPool {
         WorkerPool {
             inner: Arc::new(PoolInner {
+                queued: AtomicUsize::new(0),
+                // As Go's scheduler: spinning threads at most half the CPUs, at least one.
+                max_spinning: std::thread::available_parallelism()
+                    .map_or(1, |n| (n.get() / 2).max(1)),
                 state: Mutex::new(PoolState::default()),
                 work_available: Condvar::new(),
                 config,
@@ -129,8 +150,24 @@ impl WorkerPool {
         let max_workers = self.inner.config.max_workers;
         // Handlers run inline count against `max_workers` too (they are in `busy`).
         if state.busy + state.queue.len() < max_workers {
+            if state.spinning > state.queue.len() {
+                // A worker that just finished a job is looking for the next one: no wake-up
+                // (no system call here, no thread switch to a woken worker).
+                state.queue.push_back(job);
+                self.inner
+                    .queued
+                    .store(state.queue.len(), Ordering::Release);
+                #[cfg(test)]
+                {
+                    state.handed_to_spinner += 1;
+                }
+                return Ok(());
+            }
             if state.idle > state.queue.len() {
                 state.queue.push_back(job);
+                self.inner
+                    .queued
+                    .store(state.queue.len(), Ordering::Release);
                 drop(state);
                 self.inner.work_available.notify_one();
                 return Ok(());
@@ -144,6 +181,9 @@ impl WorkerPool {
         }
         if state.queue.len() < self.inner.config.max_queued {
             state.queue.push_back(job);
+            self.inner
+                .queued
+                .store(state.queue.len(), Ordering::Release);
             return Ok(());
         }
         Err(PoolFull)
@@ -258,6 +298,7 @@ impl PoolInner {
         loop {
             if state.busy < self.config.max_workers {
                 if let Some(job) = state.queue.pop_front() {
+                    self.queued.store(state.queue.len(), Ordering::Release);
                     state.busy += 1;
                     drop(state);
                     job();
@@ -268,6 +309,26 @@ impl PoolInner {
             }
             if state.shutdown && state.queue.is_empty() {
                 break;
+            }
+            if state.queue.is_empty() && state.spinning < self.max_spinning {
+                // Look for the next job for a moment before parking: under load one comes
+                // soon, and taking it here spares its submitter a wake-up and this thread a
+                // sleep and a wake. Yielding lets every other runnable thread go first.
+                state.spinning += 1;
+                drop(state);
+                for _ in 0..SPIN_YIELDS {
+                    std::thread::yield_now();
+                    if self.queued.load(Ordering::Acquire) > 0 {
+                        break;
+                    }
+                }
+                state = self.lock();
+                state.spinning -= 1;
+                // Jobs queued meanwhile were not announced: take them (or, with the pool
+                // at `max_workers`, park where the next free place wakes this thread).
+                if !state.queue.is_empty() && state.busy < self.config.max_workers {
+                    continue;
+                }
             }
             state.idle += 1;
             let (next, wait) = self
@@ -297,6 +358,49 @@ mod tests {
             max_queued,
             idle_timeout: Duration::from_millis(200),
         })
+    }
+
+    #[test]
+    fn jobs_queued_for_spinning_workers_all_run() {
+        // Jobs handed to a worker that is still spinning get no wake-up; none may be lost,
+        // the last one included. Submitted in bursts with pauses, so that workers finish,
+        // spin, and (some of the time) park.
+        // Parked workers wake only when told (or after a minute): a stranded job shows.
+        let pool = WorkerPool::new(PoolConfig {
+            max_workers: 2,
+            max_queued: 10_000,
+            idle_timeout: Duration::from_secs(60),
+        });
+        let done = Arc::new(AtomicUsize::new(0));
+        let total = 20_000;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for i in 0..total {
+            loop {
+                assert!(
+                    Instant::now() < deadline,
+                    "the queue stopped draining: jobs stranded"
+                );
+                let done = done.clone();
+                let job = Box::new(move || {
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
+                if pool.try_execute(job).is_ok() {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            if i % 100 == 0 {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        while done.load(Ordering::SeqCst) < total && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(done.load(Ordering::SeqCst), total, "jobs lost");
+        assert!(
+            pool.inner.lock().handed_to_spinner > 0,
+            "no job went to a spinning worker: the test did not exercise that path"
+        );
     }
 
     #[test]
