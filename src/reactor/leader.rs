@@ -19,7 +19,8 @@
 //! context switch at all, and one that blocks (sleeps, waits on a lock, reads a file, calls
 //! this very server) stalls the other connections for at most about a millisecond, once: its
 //! route is then remembered as blocking and goes straight to the pool for
-//! [`BLOCKING_ROUTE_MEMORY`].
+//! [`BLOCKING_ROUTE_MEMORY`]. (A handler slower than [`BLOCKING_AFTER`] that the monitor did
+//! not catch marks its route on its second slow run within [`SLOW_AGAIN_WITHIN`].)
 //!
 //! When the blocked handler ends, its thread finds the reactor gone and becomes an idle
 //! follower. Inline handlers hold a place in the worker pool ([`WorkerPool::try_inline`]),
