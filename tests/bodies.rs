@@ -30,6 +30,14 @@ fn eight_mib_echo_with_hyper_http1_and_http2() {
     stop(handle);
 }
 
+/// The handlers' answer when reading the request body failed: 400 with the error.
+fn body_error(e: &io::Error) -> Response {
+    http::Response::builder()
+        .status(400)
+        .body(Body::from(format!("body error: {e}")))
+        .expect("response")
+}
+
 /// `/collect` reads the whole body inside the handler, then answers with it; any other
 /// path echoes by streaming (the response head goes out before the body is read).
 fn collect_or_echo(req: portcullis::Request, info: portcullis::ConnectionInfo) -> Response {
@@ -39,10 +47,7 @@ fn collect_or_echo(req: portcullis::Request, info: portcullis::ConnectionInfo) -
     let mut body = Vec::new();
     match req.into_body().read_to_end(&mut body) {
         Ok(_) => Response::new(Body::from(body)),
-        Err(e) => http::Response::builder()
-            .status(400)
-            .body(Body::from(format!("body error: {e}")))
-            .expect("response"),
+        Err(e) => body_error(&e),
     }
 }
 
@@ -184,12 +189,7 @@ fn handler_reading_chunks_counts_every_byte() {
                     total += chunk.len();
                     chunks += 1;
                 }
-                Err(e) => {
-                    return http::Response::builder()
-                        .status(400)
-                        .body(Body::from(format!("body error: {e}")))
-                        .expect("response");
-                }
+                Err(e) => return body_error(&e),
             }
         }
         Response::new(Body::from(format!("{total} bytes in {chunks} chunks")))
@@ -380,10 +380,7 @@ fn handler_reading_part_of_body_then_answering() {
         let mut head = vec![0u8; 1024];
         match req.body_mut().read_exact(&mut head) {
             Ok(()) => Response::new(Body::from(head)),
-            Err(e) => http::Response::builder()
-                .status(400)
-                .body(Body::from(format!("{e}")))
-                .expect("response"),
+            Err(e) => body_error(&e),
         }
     });
     let addr = addr(&handle);
@@ -411,10 +408,7 @@ fn echo_rest_after_1000(
     let before = req.body().exact_len();
     let mut head = vec![0u8; 1000];
     if let Err(e) = req.body_mut().read_exact(&mut head) {
-        return http::Response::builder()
-            .status(400)
-            .body(Body::from(format!("{e}")))
-            .expect("response");
+        return body_error(&e);
     }
     let after = req.body().exact_len();
     let mut response = Response::new(req.into_body());
