@@ -43,6 +43,7 @@ mod reactor;
 mod redirect;
 mod server;
 mod service;
+mod signals;
 mod tls;
 mod worker;
 
