@@ -14,7 +14,11 @@ use portcullis::{Body, Response};
 
 fn main() -> std::io::Result<()> {
     support::init_logging();
-    let args = support::Args::parse();
+    let mut args = support::Args::parse();
+    if !args.max_body_bytes_set {
+        // The body streams back and never sits whole in memory: no size limit.
+        args.limits.max_request_body_bytes = u64::MAX;
+    }
     let server = args.start(|req, _info| {
         let mut response = Response::new(Body::empty());
         if let Some(kind) = req.headers().get(portcullis::http::header::CONTENT_TYPE) {

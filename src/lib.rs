@@ -35,12 +35,14 @@
 
 mod body;
 mod conn;
+mod error;
 pub mod files;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod limits;
 mod reactor;
 mod redirect;
+pub mod response;
 mod server;
 mod service;
 mod signals;
@@ -50,10 +52,12 @@ mod worker;
 pub use body::{Body, Chunks};
 pub use bytes::Bytes;
 pub use conn::{ConnectionInfo, Protocol, TlsVersion};
+pub use error::Error;
 pub use files::StaticFiles;
 pub use http;
 pub use limits::Limits;
 pub use redirect::HttpsRedirect;
+pub use response::IntoResponse;
 pub use rustls;
 pub use server::{Protocols, Server, ServerHandle};
 pub use service::{Request, Response, Service};

@@ -30,6 +30,8 @@ use crate::conn::deadlines::{
 };
 use crate::conn::{ConnectionInfo, Protocol, ServerContext};
 use crate::reactor::leader;
+use crate::reactor::timer::TimerQueue;
+use crate::response::IntoResponse;
 use crate::worker::InlineRun;
 
 /// A request as a handler receives it: the `http` crate's type with a streaming [`Body`].
@@ -37,26 +39,28 @@ pub type Request = http::Request<Body>;
 
 /// A response as a handler returns it.
 ///
-/// This is a type alias, so build one with `Response::new(body)` or with the `http` crate's
-/// builder:
+/// This is a type alias of `http::Response<Body>`: build one with `Response::new(body)`,
+/// with [`IntoResponse`] (`"text".into_response()`, `(status, body)`, [`Html`](crate::response::Html), ...)
+/// or with the builder from [`response::builder`](crate::response::builder):
 ///
 /// ```
-/// use portcullis::{http, Body, Response};
+/// use portcullis::{response, Body, IntoResponse, Response};
 ///
-/// let response: Response = http::Response::builder()
+/// let response: Response = response::builder()
 ///     .status(404)
 ///     .header("content-type", "text/plain")
-///     .body(Body::from("not found\n"))?;
+///     .body("not found\n")
+///     .into_response();
 /// assert_eq!(response.status(), 404);
-/// # Ok::<(), http::Error>(())
 /// ```
 pub type Response = http::Response<Body>;
 
 /// Bytes queued between the connection and a worker, per body and direction.
 const PIPE_CAPACITY: usize = 64 * 1024;
 
-/// What serves requests. Any `Fn(Request, ConnectionInfo) -> Response + Send + Sync` is
-/// one; implement the trait yourself for a stateful service.
+/// What serves requests. Any `Fn(Request, ConnectionInfo) -> R + Send + Sync` whose `R` is
+/// [`IntoResponse`] is one (a [`Response`], a string, a `Result<T, Error>`, ...);
+/// implement the trait yourself for a stateful service.
 ///
 /// `call` runs on a worker thread, or on the reactor thread that read the request (which
 /// hands the reactor to another thread if `call` takes long), and may block: read files,
@@ -83,12 +87,13 @@ pub trait Service: Send + Sync + 'static {
     fn call(&self, request: Request, info: ConnectionInfo) -> Response;
 }
 
-impl<F> Service for F
+impl<F, R> Service for F
 where
-    F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
+    F: Fn(Request, ConnectionInfo) -> R + Send + Sync + 'static,
+    R: IntoResponse,
 {
     fn call(&self, request: Request, info: ConnectionInfo) -> Response {
-        self(request, info)
+        self(request, info).into_response()
     }
 }
 
@@ -116,6 +121,26 @@ impl Dispatch {
             min_rate: limits.min_request_body_rate,
             grace: limits.min_rate_grace,
         }
+    }
+
+    /// Starts the reactor task that moves `incoming` into `pipe` (see [`pump_request_body`]).
+    fn spawn_pump(&self, incoming: Incoming, pipe: Arc<Pipe>, expects_continue: bool) {
+        let deadline = BodyDeadline::new(self.body_rate(), &self.ctx.reactor.timers);
+        self.ctx.reactor.run_queue.spawn(Box::pin(pump_request_body(
+            incoming,
+            pipe,
+            expects_continue,
+            self.info.protocol(),
+            deadline,
+            self.watch.clone(),
+            self.ctx.limits.max_request_body_bytes,
+            self.ctx.reactor.timers.clone(),
+        )));
+    }
+
+    /// `413`, for a body over [`Limits::max_request_body_bytes`](crate::Limits).
+    fn too_large(&self, log: AccessLog) -> http::Response<ResponseBody> {
+        too_large_response(self.info.protocol(), log)
     }
 
     /// Hands a request with its body to the worker pool, or, when the body is complete
@@ -187,6 +212,22 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             return self.ready(Outcome::Response(response));
         }
+        let limit = self.ctx.limits.max_request_body_bytes;
+        if incoming.size_hint().exact().is_some_and(|n| n > limit) {
+            // Refused before any handler runs; with `Expect: 100-continue` the body is
+            // never invited.
+            tracing::info!(limit, "request body too large");
+            log.status = StatusCode::PAYLOAD_TOO_LARGE;
+            let response = self.too_large(log);
+            if protocol == Protocol::Http2 {
+                // Read and discard (bounded) what the client already sends, so that it
+                // gets the response rather than a reset in the middle of its upload.
+                let pipe = Pipe::new(PIPE_CAPACITY);
+                pipe.close_consumer();
+                self.spawn_pump(incoming, pipe, false);
+            }
+            return self.ready(Outcome::Response(response));
+        }
         let (running, handlers) = self.watch.handler_started();
         if protocol == Protocol::Http2 && handlers > self.ctx.limits.max_concurrent_streams as usize
         {
@@ -207,12 +248,11 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
             .size_hint()
             .exact()
             .is_some_and(|n| n <= self.ctx.limits.buffered_body_limit as u64);
-        let deadline = BodyDeadline::new(self.body_rate(), &self.ctx.reactor.timers);
         if small && !expects_continue {
             return self.response_future(State::Collecting(Box::new(Collecting {
                 incoming,
                 chunks: Vec::new(),
-                deadline,
+                deadline: BodyDeadline::new(self.body_rate(), &self.ctx.reactor.timers),
                 parts: Some(parts),
                 log: Some(log),
                 running: Some(running),
@@ -221,14 +261,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
         }
         let length = incoming.size_hint().exact();
         let pipe = Pipe::new(PIPE_CAPACITY);
-        self.ctx.reactor.run_queue.spawn(Box::pin(pump_request_body(
-            incoming,
-            pipe.clone(),
-            expects_continue,
-            protocol,
-            deadline,
-            self.watch.clone(),
-        )));
+        self.spawn_pump(incoming, pipe.clone(), expects_continue);
         log.request_body = Some(pipe.clone());
         let awaiting_continue =
             (expects_continue && protocol == Protocol::Http1).then(|| pipe.clone());
@@ -291,6 +324,7 @@ impl HandlerJob {
             tracing::debug!("request cancelled before a worker took it");
             return;
         }
+        let protocol = info.protocol();
         let response = match catch_unwind(AssertUnwindSafe(|| service.call(request, info))) {
             Ok(response) => response,
             Err(panic) => {
@@ -299,6 +333,20 @@ impl HandlerJob {
                 return;
             }
         };
+        if log
+            .request_body
+            .as_ref()
+            .is_some_and(|pipe| pipe.is_too_large())
+        {
+            // The body grew past the limit and no head has gone out: whatever the handler
+            // made of its failed read, the client learns why.
+            tracing::info!(
+                status = response.status().as_u16(),
+                "the request body was too large; answering 413 instead"
+            );
+            sender.send(Outcome::Response(too_large_response(protocol, log)));
+            return;
+        }
         let (parts, body) = response.into_parts();
         log.status = parts.status;
         let body = match body.into_stream_source() {
@@ -380,19 +428,32 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
     }
 }
 
+/// Most bytes of a request body read and discarded after its handler let it go unread
+/// (or after it grew past the body limit), so that the client, still uploading, gets the
+/// response rather than a reset or a closed connection in the middle of its upload (nginx
+/// and Go read and discard too, within bounds). Past it the rest is refused: HTTP/1
+/// closes the connection after the response, HTTP/2 resets the stream.
+const DRAIN_MAX_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Longest pause of the client while a body is being drained before the drain stops.
+const DRAIN_MAX_PAUSE: Duration = Duration::from_secs(1);
+
 /// Reactor task: moves a request body from hyper into the pipe the handler reads, as
 /// fast as the handler reads it, under the body deadline (a stall or a rate below the
-/// minimum fails the body with `TimedOut` and closes the connection).
+/// minimum fails the body with `TimedOut` and closes the connection) and the body limit
+/// (past `limit` bytes the body fails with `BodyTooLarge`, which answers `413`).
 ///
-/// When the handler drops a body it has not read to the end:
-/// - HTTP/1: the rest is read and discarded here (no worker involved), as nginx and
-///   Kestrel do, so the connection stays usable and the client is not reset in the middle
-///   of its upload;
-/// - HTTP/2: the body is held until the response is complete and then dropped, which makes
-///   h2 send `RST_STREAM(NO_ERROR)`: "stop sending, the answer is complete" (RFC 9113 §8.1).
+/// When the handler drops a body it has not read to the end, or the body grew past the
+/// limit, the rest is read and discarded here (no worker involved), at most
+/// [`DRAIN_MAX_BYTES`] and while the client does not pause longer than
+/// [`DRAIN_MAX_PAUSE`]: an HTTP/1 connection stays usable and an HTTP/2 client is not
+/// reset in the middle of its upload. A drain cut short holds the body until the response
+/// is complete and then drops it: HTTP/1 closes the connection, h2 sends
+/// `RST_STREAM(NO_ERROR)`: "stop sending, the answer is complete" (RFC 9113 §8.1).
 ///
 /// A request that asked for `100 Continue` is not read at all until the handler reads, so a
-/// handler that ignores its body answers without inviting it.
+/// handler that ignores its body answers without inviting it (HTTP/1).
+#[allow(clippy::too_many_arguments)]
 async fn pump_request_body(
     mut incoming: Incoming,
     pipe: Arc<Pipe>,
@@ -400,22 +461,43 @@ async fn pump_request_body(
     protocol: Protocol,
     mut deadline: BodyDeadline,
     watch: Arc<ConnectionWatch>,
+    limit: u64,
+    timers: Arc<TimerQueue>,
 ) {
-    let mut discarding = false;
+    /// Discarding: bytes still allowed, and the pause deadline.
+    struct Drain {
+        left: u64,
+        deadline: BodyDeadline,
+    }
+    let start_drain = || Drain {
+        left: DRAIN_MAX_BYTES,
+        deadline: BodyDeadline::new(
+            BodyRate {
+                timeout: DRAIN_MAX_PAUSE,
+                min_rate: 0,
+                grace: Duration::ZERO,
+            },
+            &timers,
+        ),
+    };
+    let mut drain: Option<Drain> = None;
     let mut reading = false;
+    let mut received = 0u64;
+    // Ok(true): the body ended; Ok(false): the drain stopped before its end.
     let result = poll_fn(|cx| loop {
-        if !discarding {
+        if drain.is_none() {
             match pipe.poll_room(cx, expects_continue) {
                 Poll::Pending => {
                     deadline.pause();
                     return Poll::Pending;
                 }
                 Poll::Ready(Room::Available) => {}
-                Poll::Ready(Room::ConsumerGone { demanded }) => match protocol {
-                    Protocol::Http2 => return pipe.poll_response_done(cx).map(Ok),
-                    Protocol::Http1 if expects_continue && !demanded => return Poll::Ready(Ok(())),
-                    Protocol::Http1 => discarding = true,
-                },
+                Poll::Ready(Room::ConsumerGone { demanded }) => {
+                    if protocol == Protocol::Http1 && expects_continue && !demanded {
+                        return Poll::Ready(Ok(true));
+                    }
+                    drain = Some(start_drain());
+                }
             }
         }
         if !reading {
@@ -425,18 +507,41 @@ async fn pump_request_body(
         }
         match Pin::new(&mut incoming).poll_frame(cx) {
             Poll::Pending => {
+                if let Some(drain) = &mut drain {
+                    if drain.deadline.poll_expired(cx).is_ready() {
+                        return Poll::Ready(Ok(false));
+                    }
+                }
                 if deadline.poll_expired(cx).is_ready() {
+                    if drain.is_some() && protocol == Protocol::Http2 {
+                        // One stream's drain is not worth the connection.
+                        return Poll::Ready(Ok(false));
+                    }
                     watch.abort(AbortReason::BodyTooSlow);
                     return Poll::Ready(Err(body_too_slow()));
                 }
                 return Poll::Pending;
             }
-            Poll::Ready(None) => return Poll::Ready(Ok(())),
+            Poll::Ready(None) => return Poll::Ready(Ok(true)),
             Poll::Ready(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
+                    let len = data.len() as u64;
                     deadline.received(data.len());
-                    if !discarding {
-                        pipe.push(data);
+                    received = received.saturating_add(len);
+                    match &mut drain {
+                        Some(drain) => {
+                            drain.deadline.received(data.len());
+                            if len > drain.left {
+                                return Poll::Ready(Ok(false));
+                            }
+                            drain.left -= len;
+                        }
+                        None if received > limit => {
+                            tracing::info!(limit, "request body too large");
+                            pipe.finish_too_large(limit);
+                            drain = Some(start_drain());
+                        }
+                        None => pipe.push(data),
                     }
                 }
             }
@@ -444,10 +549,20 @@ async fn pump_request_body(
         }
     })
     .await;
-    if let Err(error) = &result {
-        tracing::info!(%error, "request body failed");
+    match result {
+        Ok(true) => pipe.finish(Ok(())),
+        Ok(false) => {
+            tracing::debug!("stopped discarding an unread request body");
+            pipe.finish(Err(io::Error::other("the request body was not read")));
+            // Dropping the body before the response is out would reset an HTTP/2 stream
+            // before its answer.
+            poll_fn(|cx| pipe.poll_response_done(cx)).await;
+        }
+        Err(error) => {
+            tracing::info!(%error, "request body failed");
+            pipe.finish(Err(error));
+        }
     }
-    pipe.finish(result);
 }
 
 fn body_too_slow() -> io::Error {
@@ -794,6 +909,24 @@ impl Future for ResponseFuture {
             }
         }
     }
+}
+
+/// `413 Content Too Large`; an HTTP/1 connection closes after it (the rest of the body is
+/// not read).
+fn too_large_response(protocol: Protocol, log: AccessLog) -> http::Response<ResponseBody> {
+    let mut log = log;
+    log.status = StatusCode::PAYLOAD_TOO_LARGE;
+    let mut response = plain_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "413 Content Too Large: the request body is larger than this server accepts\n",
+        log,
+    );
+    if protocol == Protocol::Http1 {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn plain_response(

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use portcullis::{
-    CertReloader, ConnectionInfo, HttpsRedirect, Limits, Protocols, Request, Response, Server,
+    CertReloader, ConnectionInfo, HttpsRedirect, IntoResponse, Limits, Protocols, Request, Server,
     ServerHandle, TlsConfig,
 };
 
@@ -27,6 +27,8 @@ pub struct Args {
     pub limits: Limits,
     /// The directory `file_server` serves (`--root`, default the current directory).
     pub root: String,
+    /// Whether `--max-body-bytes` was given (examples with another default check it).
+    pub max_body_bytes_set: bool,
 }
 
 const USAGE: &str = "\
@@ -53,6 +55,7 @@ flags:
   --min-body-rate BYTES    slowest request body rate after 5 s, bytes/s (default 240)
   --send-timeout SECS      longest wait for the client to read (default 60)
   --drain-timeout SECS     graceful shutdown deadline (default 30)
+  --max-body-bytes N       largest request body, else 413 (default 30000000; echo: none)
 SIGHUP re-reads the --cert/--key and --sni files; a bad file is logged and the old
 certificates stay in use. SIGINT (Ctrl-C) or SIGTERM shuts down gracefully: in-flight
 requests finish within --drain-timeout; a second signal exits at once.";
@@ -73,6 +76,7 @@ impl Args {
             protocols: Protocols::Http1AndHttp2,
             limits: Limits::default(),
             root: ".".into(),
+            max_body_bytes_set: false,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -105,6 +109,10 @@ impl Args {
                 "--send-timeout" => args.limits.send_timeout = seconds(&flag, &value()),
                 "--header-timeout" => args.limits.request_header_timeout = seconds(&flag, &value()),
                 "--drain-timeout" => args.limits.drain_timeout = seconds(&flag, &value()),
+                "--max-body-bytes" => {
+                    args.limits.max_request_body_bytes = number(&flag, &value()) as u64;
+                    args.max_body_bytes_set = true;
+                }
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -132,9 +140,10 @@ impl Args {
     /// `--redirect-from`, also the plain-HTTP redirect listener. With TLS, SIGHUP reloads
     /// the certificates. SIGINT and SIGTERM shut the servers down gracefully, and the
     /// handle's `join` then returns `Ok(())`.
-    pub fn start<F>(&self, handler: F) -> std::io::Result<ServerHandle>
+    pub fn start<F, R>(&self, handler: F) -> std::io::Result<ServerHandle>
     where
-        F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
+        F: Fn(Request, ConnectionInfo) -> R + Send + Sync + 'static,
+        R: IntoResponse,
     {
         let mut server = Server::bind(self.addr.as_str())?
             .protocols(self.protocols)
