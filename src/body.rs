@@ -50,6 +50,8 @@ struct PipeState {
     consumer_gone: bool,
     /// The response to the request whose body this is has been sent.
     response_done: bool,
+    /// Request pipes: the pump has stopped reading the body (see [`Pipe::producer_done`]).
+    producer_done: bool,
     /// The producer has started reading from the client since the consumer first asked.
     producer_reading: bool,
     /// Waits for `producer_reading` (an HTTP/1 response held back until `100 Continue`
@@ -94,6 +96,7 @@ impl Pipe {
                 demanded: false,
                 consumer_gone: false,
                 response_done: false,
+                producer_done: false,
                 producer_reading: false,
                 reading_waker: None,
                 waker: None,
@@ -307,6 +310,30 @@ impl Pipe {
             state.end = Some(End::TooLarge(limit));
         }
         self.notify_blocking_side(&mut state);
+        Self::wake_async_side(state);
+    }
+
+    /// Request pipes: whether the consumer let the body go before its end, which the
+    /// producer has not reached yet (it is draining the rest).
+    pub(crate) fn is_draining(&self) -> bool {
+        let state = self.lock();
+        (state.consumer_gone || matches!(state.end, Some(End::TooLarge(_)))) && !state.producer_done
+    }
+
+    /// Ready once the producer is done (the body ended, failed or the drain stopped).
+    pub(crate) fn poll_ended(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if state.producer_done {
+            return Poll::Ready(());
+        }
+        state.consumer_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// The producer is done with the body (a request pump at its end).
+    pub(crate) fn producer_done(&self) {
+        let mut state = self.lock();
+        state.producer_done = true;
         Self::wake_async_side(state);
     }
 

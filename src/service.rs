@@ -138,11 +138,6 @@ impl Dispatch {
         )));
     }
 
-    /// `413`, for a body over [`Limits::max_request_body_bytes`](crate::Limits).
-    fn too_large(&self, log: AccessLog) -> http::Response<ResponseBody> {
-        too_large_response(self.info.protocol(), log)
-    }
-
     /// Hands a request with its body to the worker pool, or, when the body is complete
     /// (`complete`), to the reactor's leader to run right after this poll (see
     /// `reactor::leader`).
@@ -181,21 +176,13 @@ impl Dispatch {
     }
 }
 
-/// The handler panicked; hyper resets the HTTP/2 stream.
-#[derive(Debug)]
-pub(crate) struct HandlerPanicked;
-
-impl std::fmt::Display for HandlerPanicked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the handler panicked")
-    }
-}
-
-impl std::error::Error for HandlerPanicked {}
+/// Every outcome is a response: a panic is a `500` on both protocols (the handler's
+/// response head cannot have gone out), a shed request a `503`.
+pub(crate) type Never = std::convert::Infallible;
 
 impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
     type Response = http::Response<ResponseBody>;
-    type Error = HandlerPanicked;
+    type Error = Never;
     type Future = ResponseFuture;
 
     fn call(&self, request: http::Request<Incoming>) -> ResponseFuture {
@@ -213,20 +200,31 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
             return self.ready(Outcome::Response(response));
         }
         let limit = self.ctx.limits.max_request_body_bytes;
-        if incoming.size_hint().exact().is_some_and(|n| n > limit) {
+        if let Some(declared) = incoming.size_hint().exact().filter(|&n| n > limit) {
             // Refused before any handler runs; with `Expect: 100-continue` the body is
             // never invited.
-            tracing::info!(limit, "request body too large");
+            tracing::info!(limit, declared, "request body too large");
             log.status = StatusCode::PAYLOAD_TOO_LARGE;
-            let response = self.too_large(log);
-            if protocol == Protocol::Http2 {
-                // Read and discard (bounded) what the client already sends, so that it
-                // gets the response rather than a reset in the middle of its upload.
-                let pipe = Pipe::new(PIPE_CAPACITY);
-                pipe.close_consumer();
-                self.spawn_pump(incoming, pipe, false);
+            let expects_continue = parts
+                .headers
+                .get(http::header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            if declared > DRAIN_MAX_BYTES || (expects_continue && protocol == Protocol::Http1) {
+                // Too much to drain (or never invited): HTTP/1 closes after the answer.
+                let close = protocol == Protocol::Http1;
+                return self.ready(Outcome::Response(too_large_response(close, log)));
             }
-            return self.ready(Outcome::Response(response));
+            // Read and discard what the client is already sending (bounded), so that it
+            // gets the answer rather than a reset in the middle of its upload; an HTTP/2
+            // answer waits for the end of the drain.
+            let pipe = Pipe::new(PIPE_CAPACITY);
+            pipe.close_consumer();
+            self.spawn_pump(incoming, pipe.clone(), false);
+            let mut future = self.ready(Outcome::Response(too_large_response(false, log)));
+            if protocol == Protocol::Http2 {
+                future.draining = Some(pipe);
+            }
+            return future;
         }
         let (running, handlers) = self.watch.handler_started();
         if protocol == Protocol::Http2 && handlers > self.ctx.limits.max_concurrent_streams as usize
@@ -265,9 +263,11 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
         log.request_body = Some(pipe.clone());
         let awaiting_continue =
             (expects_continue && protocol == Protocol::Http1).then(|| pipe.clone());
+        let draining = (protocol == Protocol::Http2).then(|| pipe.clone());
         let request = http::Request::from_parts(parts, Body::incoming(pipe, length));
         let mut future = self.waiting(self.submit(request, log, running, false));
         future.awaiting_continue = awaiting_continue;
+        future.draining = draining;
         future
     }
 }
@@ -324,7 +324,6 @@ impl HandlerJob {
             tracing::debug!("request cancelled before a worker took it");
             return;
         }
-        let protocol = info.protocol();
         let response = match catch_unwind(AssertUnwindSafe(|| service.call(request, info))) {
             Ok(response) => response,
             Err(panic) => {
@@ -333,18 +332,20 @@ impl HandlerJob {
                 return;
             }
         };
-        if log
+        let too_large = log
             .request_body
             .as_ref()
-            .is_some_and(|pipe| pipe.is_too_large())
-        {
+            .is_some_and(|pipe| pipe.is_too_large());
+        if too_large && response.status() != StatusCode::PAYLOAD_TOO_LARGE {
             // The body grew past the limit and no head has gone out: whatever the handler
             // made of its failed read, the client learns why.
             tracing::info!(
                 status = response.status().as_u16(),
                 "the request body was too large; answering 413 instead"
             );
-            sender.send(Outcome::Response(too_large_response(protocol, log)));
+            // The pump drains the rest (bounded) and closes an HTTP/1 connection itself if
+            // the drain is cut short.
+            sender.send(Outcome::Response(too_large_response(false, log)));
             return;
         }
         let (parts, body) = response.into_parts();
@@ -436,7 +437,11 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
 const DRAIN_MAX_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Longest pause of the client while a body is being drained before the drain stops.
-const DRAIN_MAX_PAUSE: Duration = Duration::from_secs(1);
+const DRAIN_MAX_PAUSE: Duration = Duration::from_secs(3);
+
+/// Slowest average rate of a drain, after [`DRAIN_MAX_PAUSE`] of waiting: a drain waits
+/// for the client at most `DRAIN_MAX_BYTES / DRAIN_MIN_RATE` (32 s) in all.
+const DRAIN_MIN_RATE: u64 = 256 * 1024;
 
 /// Reactor task: moves a request body from hyper into the pipe the handler reads, as
 /// fast as the handler reads it, under the body deadline (a stall or a rate below the
@@ -474,8 +479,8 @@ async fn pump_request_body(
         deadline: BodyDeadline::new(
             BodyRate {
                 timeout: DRAIN_MAX_PAUSE,
-                min_rate: 0,
-                grace: Duration::ZERO,
+                min_rate: DRAIN_MIN_RATE,
+                grace: DRAIN_MAX_PAUSE,
             },
             &timers,
         ),
@@ -550,10 +555,14 @@ async fn pump_request_body(
     })
     .await;
     match result {
-        Ok(true) => pipe.finish(Ok(())),
+        Ok(true) => {
+            pipe.finish(Ok(()));
+            pipe.producer_done();
+        }
         Ok(false) => {
             tracing::debug!("stopped discarding an unread request body");
             pipe.finish(Err(io::Error::other("the request body was not read")));
+            pipe.producer_done();
             // Dropping the body before the response is out would reset an HTTP/2 stream
             // before its answer.
             poll_fn(|cx| pipe.poll_response_done(cx)).await;
@@ -561,6 +570,7 @@ async fn pump_request_body(
         Err(error) => {
             tracing::info!(%error, "request body failed");
             pipe.finish(Err(error));
+            pipe.producer_done();
         }
     }
 }
@@ -725,6 +735,9 @@ enum State {
     /// but kept it (inside the response, say). hyper sends `100 Continue` only until a
     /// response head is written, so the head waits until the body has started to be read.
     Continuing(Option<Box<Outcome>>, Arc<Pipe>),
+    /// HTTP/2: the handler let its request body go unread and the pump is draining it;
+    /// the response waits for the end of the drain (see `ResponseFuture::draining`).
+    Draining(Option<Box<Outcome>>, Arc<Pipe>),
     Done,
 }
 
@@ -738,6 +751,10 @@ pub(crate) struct ResponseFuture {
     reset_allowance: usize,
     /// HTTP/1 with `Expect: 100-continue`: the body, not yet asked for by the handler.
     awaiting_continue: Option<Arc<Pipe>>,
+    /// HTTP/2: the request body's pipe. If the handler let the body go unread, the
+    /// response head waits until the pump has drained it (bounded), so that a client still
+    /// uploading (curl 7.88) is not answered, then reset, in the middle of its upload.
+    draining: Option<Arc<Pipe>>,
 }
 
 impl Drop for ResponseFuture {
@@ -766,6 +783,7 @@ impl Dispatch {
             // the stream limit keeps that well clear of the flood rule.
             reset_allowance: 2 * self.ctx.limits.max_concurrent_streams as usize,
             awaiting_continue: None,
+            draining: None,
         }
     }
 }
@@ -787,22 +805,18 @@ impl ResponseFuture {
         }
     }
 
-    fn answer(&self, outcome: Outcome) -> Result<http::Response<ResponseBody>, HandlerPanicked> {
+    fn answer(&self, outcome: Outcome) -> Result<http::Response<ResponseBody>, Never> {
         match outcome {
             Outcome::Response(response) => Ok(response),
             Outcome::Panicked(mut log) => {
+                // HTTP/2 too: the head cannot have gone out, so the client gets an answer
+                // rather than a reset stream it cannot tell from a network failure.
                 log.status = StatusCode::INTERNAL_SERVER_ERROR;
-                match self.protocol {
-                    Protocol::Http1 => Ok(plain_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "500 Internal Server Error\n",
-                        log,
-                    )),
-                    Protocol::Http2 => {
-                        log.finish("stream reset");
-                        Err(HandlerPanicked)
-                    }
-                }
+                Ok(plain_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "500 Internal Server Error\n",
+                    log,
+                ))
             }
             Outcome::Refused(log) => {
                 let mut log = log.unwrap_or_else(AccessLog::unknown);
@@ -839,7 +853,7 @@ impl ResponseFuture {
 }
 
 impl Future for ResponseFuture {
-    type Output = Result<http::Response<ResponseBody>, HandlerPanicked>;
+    type Output = Result<http::Response<ResponseBody>, Never>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -883,6 +897,12 @@ impl Future for ResponseFuture {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(outcome) => outcome,
                     };
+                    if let Some(pipe) = this.draining.take() {
+                        if pipe.is_draining() {
+                            this.state = State::Draining(Some(Box::new(outcome)), pipe);
+                            continue;
+                        }
+                    }
                     if let Some(pipe) = this.awaiting_continue.take() {
                         if pipe.demand_if_wanted() {
                             this.state = State::Continuing(Some(Box::new(outcome)), pipe);
@@ -892,6 +912,18 @@ impl Future for ResponseFuture {
                     this.state = State::Done;
                     this.watch.request_answered();
                     return Poll::Ready(this.answer(outcome));
+                }
+                State::Draining(outcome, pipe) => {
+                    if pipe.poll_ended(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let outcome = outcome.take();
+                    this.state = State::Done;
+                    let Some(outcome) = outcome else {
+                        return Poll::Pending;
+                    };
+                    this.watch.request_answered();
+                    return Poll::Ready(this.answer(*outcome));
                 }
                 State::Continuing(outcome, pipe) => {
                     if pipe.poll_reading(cx).is_pending() {
@@ -911,9 +943,9 @@ impl Future for ResponseFuture {
     }
 }
 
-/// `413 Content Too Large`; an HTTP/1 connection closes after it (the rest of the body is
-/// not read).
-fn too_large_response(protocol: Protocol, log: AccessLog) -> http::Response<ResponseBody> {
+/// `413 Content Too Large`; with `close`, an HTTP/1 connection closes after it (the rest
+/// of the body is not read).
+fn too_large_response(close: bool, log: AccessLog) -> http::Response<ResponseBody> {
     let mut log = log;
     log.status = StatusCode::PAYLOAD_TOO_LARGE;
     let mut response = plain_response(
@@ -921,7 +953,7 @@ fn too_large_response(protocol: Protocol, log: AccessLog) -> http::Response<Resp
         "413 Content Too Large: the request body is larger than this server accepts\n",
         log,
     );
-    if protocol == Protocol::Http1 {
+    if close {
         response
             .headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
