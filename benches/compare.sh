@@ -11,7 +11,11 @@
 #   SECONDS       length of each load in seconds (default 10; LOAD_SECONDS is the same)
 #   QUICK=1       ROUNDS=1 and 3 s loads
 #   SCENARIOS     space-separated subset of: h1 h2 newconn idle sleep upload_h1 upload_h2
-#                 download_h1 download_h2 (default: all)
+#                 download_h1 download_h2 logging (default: all)
+#
+# `logging` is not against the peer: it runs the `hello` example (release) twice, with
+# its default logging (RUST_LOG unset: info, one access line per request, to a file) in
+# the portcullis column and with RUST_LOG=off in the peer column, under the h1 load.
 #   IDLE_CONNS    connections held open by the idle-memory scenario (default 5000)
 #   SERVER_CPU    CPU the servers are pinned to (default 0)
 #   LOAD_CPU      CPU the load generators are pinned to (default 1)
@@ -51,7 +55,7 @@ NOISE_LIMIT=${NOISE_LIMIT:-10}
 NOISE_RETRIES=${NOISE_RETRIES:-2}
 NICE=${NICE:-}
 noisy_kept=0
-ALL_SCENARIOS="h1 h2 newconn idle sleep upload_h1 upload_h2 download_h1 download_h2"
+ALL_SCENARIOS="h1 h2 newconn idle sleep upload_h1 upload_h2 download_h1 download_h2 logging"
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 SERVERS="portcullis peer"
 BULK_BYTES=8388608 # 8 MiB
@@ -103,25 +107,37 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # ---------------------------------------------------------------------------- build
 log "building (release)"
 cargo build --release --quiet --manifest-path "$ROOT/benches/Cargo.toml"
+if [[ " $SCENARIOS " == *" logging "* ]]; then
+    cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --example hello
+fi
+HELLO="$ROOT/target/release/examples/hello"
 
 # ---------------------------------------------------------------------------- servers
 SERVER_PID=
 URL=
 PORT=
 
-start_server() { # name logfile
-    local name=$1 logfile=$2
-    case $name in
-    portcullis)
+start_server() { # name logfile scenario
+    local name=$1 logfile=$2 scenario=${3:-}
+    case $scenario/$name in
+    logging/portcullis) # the hello example with its default logging (info), to the log file
+        env -u RUST_LOG ${NICE:+nice -n "$NICE"} taskset -c "$SERVER_CPU" "$HELLO" --addr 127.0.0.1:0 \
+            >"$logfile" 2>&1 &
+        ;;
+    logging/peer) # the same binary with logging off
+        env RUST_LOG=off ${NICE:+nice -n "$NICE"} taskset -c "$SERVER_CPU" "$HELLO" --addr 127.0.0.1:0 \
+            >"$logfile" 2>&1 &
+        ;;
+    */portcullis)
         ${NICE:+nice -n "$NICE"} taskset -c "$SERVER_CPU" "$BIN/portcullis_server" --addr 127.0.0.1:0 --max-workers 512 \
             >"$logfile" 2>&1 &
         ;;
-    peer)
+    */peer)
         ${NICE:+nice -n "$NICE"} taskset -c "$SERVER_CPU" "$BIN/peer" --addr 127.0.0.1:0 ${PEER_THREADS:+--threads "$PEER_THREADS"} \
             >"$logfile" 2>&1 &
         ;;
     esac
-    SERVER_PID=$! # nice and taskset exec the server: this is the server's own pid
+    SERVER_PID=$! # env, nice and taskset exec the server: this is the server's own pid
     local i
     for i in $(seq 1 200); do
         if URL=$(sed -n 's/^listening on \(https:\/\/127\.0\.0\.1:[0-9]*\).*/\1/p' "$logfile" | head -n1) && [[ -n "$URL" ]]; then
@@ -254,6 +270,7 @@ scenario_upload_h1() { bulk --http1.1 up "$1"; }
 scenario_upload_h2() { bulk --http2 up "$1"; }
 scenario_download_h1() { bulk --http1.1 down "$1"; }
 scenario_download_h2() { bulk --http2 down "$1"; }
+scenario_logging() { scenario_h1 "$1"; } # same load; the servers differ (start_server)
 
 # ---------------------------------------------------------------------------- run
 head -c "$BULK_BYTES" /dev/urandom >"$OUT/upload.bin"
@@ -276,7 +293,7 @@ for scenario in $SCENARIOS; do
                 attempt=$((attempt + 1))
                 tag="$scenario.$server.$round"
                 ((attempt > 1)) && tag="$tag.try$attempt"
-                start_server "$server" "$OUT/logs/$tag.server.log"
+                start_server "$server" "$OUT/logs/$tag.server.log" "$scenario"
                 kids0=$(children_ticks)
                 read -r sbusy0 stotal0 lbusy0 ltotal0 <<<"$(cpu_ticks)"
                 srv0=$(proc_ticks "$SERVER_PID")
@@ -372,6 +389,7 @@ elapsed=$(($(date +%s) - started))
     row upload_h2 1 "8 MiB upload, POST /echo, HTTP/2" "MB/s" ">=0.95" 0 cpu
     row download_h1 1 "8 MiB download, HTTP/1.1" "MB/s" ">=0.95" 0 cpu
     row download_h2 1 "8 MiB download, HTTP/2" "MB/s" ">=0.95" 0 cpu
+    row logging 1 "hello example: default logging (portcullis column) / RUST_LOG=off (peer column), wrk -c64" "req/s" ">=0.85" 0 cpu
     echo
     awk '$1 != "idle" { print ($4 > $5 ? $4 : $5) }' "$OUT/noise.txt" >"$OUT/noise-cpu.txt"
     echo "Other processes' load on the pinned CPUs during the kept runs (idle excepted; the higher of the two CPUs): median $(median "$OUT/noise-cpu.txt" 1)%, max $(awk 'n == "" || $1 > n { n = $1 } END { print n + 0 }' "$OUT/noise-cpu.txt")% (per run and CPU: $OUT/noise.txt)."

@@ -13,7 +13,7 @@ mod support;
 use portcullis::{Body, Response};
 
 fn main() -> std::io::Result<()> {
-    support::init_logging();
+    let _logs = support::init_logging();
     let mut args = support::Args::parse();
     if !args.max_body_bytes_set {
         // The body streams back and never sits whole in memory: no size limit.

@@ -14,7 +14,7 @@ mod support;
 use portcullis::files::StaticFiles;
 
 fn main() -> std::io::Result<()> {
-    support::init_logging();
+    let _logs = support::init_logging();
     let args = support::Args::parse();
     let files = StaticFiles::new(&args.root)?;
     let server = args.start(move |req, _info| files.respond(&req))?;

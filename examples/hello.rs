@@ -14,7 +14,7 @@ use portcullis::http::header::{self, HeaderValue};
 use portcullis::{Body, Response};
 
 fn main() -> std::io::Result<()> {
-    support::init_logging();
+    let _logs = support::init_logging();
     let args = support::Args::parse();
     let server = args.start(|_req, _info| {
         let mut response = Response::new(Body::from("Hello, World!\n"));

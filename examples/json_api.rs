@@ -119,7 +119,7 @@ const INDEX: &str = "<!doctype html><title>notes</title>\
 <code>GET /notes/ID</code>, <code>DELETE /notes/ID</code>.</p>\n";
 
 fn main() -> Result<(), Error> {
-    support::init_logging();
+    let _logs = support::init_logging();
     let mut args = support::Args::parse();
     if !args.max_body_bytes_set {
         // JSON documents are small: refuse anything over 1 MiB (nginx's default) with 413.

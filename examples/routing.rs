@@ -251,7 +251,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 fn main() -> std::io::Result<()> {
-    support::init_logging();
+    let _logs = support::init_logging();
     let args = support::Args::parse();
     let routes = Routes::new().map_err(std::io::Error::other)?;
     let app = Arc::new(App::default());

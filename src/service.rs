@@ -188,7 +188,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
     fn call(&self, request: http::Request<Incoming>) -> ResponseFuture {
         let protocol = self.info.protocol();
         let (parts, incoming) = request.into_parts();
-        let mut log = AccessLog::new(&parts, self.watch.request_started());
+        let mut log = AccessLog::new(&parts, &self.info, self.watch.request_started());
         if let Some(problem) = malformed(&parts) {
             // As nginx and Go do; answered here, no worker involved.
             tracing::info!(problem, "bad request");
@@ -979,6 +979,8 @@ fn plain_response(
 /// One line of access log, written when the response body is done. It also holds the
 /// request's place among the connection's requests in flight.
 struct AccessLog {
+    /// The client's address and the protocol, when known.
+    client: Option<(std::net::SocketAddr, Protocol)>,
     method: Method,
     uri: Uri,
     status: StatusCode,
@@ -990,8 +992,9 @@ struct AccessLog {
 }
 
 impl AccessLog {
-    fn new(parts: &http::request::Parts, in_flight: InFlight) -> AccessLog {
+    fn new(parts: &http::request::Parts, info: &ConnectionInfo, in_flight: InFlight) -> AccessLog {
         AccessLog {
+            client: Some((info.peer_addr(), info.protocol())),
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             status: StatusCode::OK,
@@ -1005,6 +1008,7 @@ impl AccessLog {
     /// For a request whose log went with a job that never ran.
     fn unknown() -> AccessLog {
         AccessLog {
+            client: None,
             method: Method::GET,
             uri: Uri::default(),
             status: StatusCode::OK,
@@ -1018,6 +1022,8 @@ impl AccessLog {
     fn finish(&self, outcome: &str) {
         tracing::info!(
             target: "portcullis::access",
+            client = self.client.map(|(addr, _)| tracing::field::display(addr)),
+            protocol = self.client.map(|(_, protocol)| tracing::field::display(protocol)),
             method = %self.method,
             path = self.uri.path(),
             status = self.status.as_u16(),

@@ -185,18 +185,7 @@ impl Args {
 /// taken with `sigwait` by one thread, so no async-signal-safe handler is needed. Call it
 /// before starting other threads.
 fn reload_on_sighup(reloader: CertReloader) -> std::io::Result<()> {
-    // SAFETY: `sigset_t` is plain data; `sigemptyset` initialises it before any other use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, exclusively borrowed signal set; SIGHUP is a valid signal.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-    }
-    // SAFETY: `set` is initialised; the old mask is not wanted (null is allowed).
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
+    let set = block_sighup();
     std::thread::Builder::new()
         .name("sighup-reload".into())
         .spawn(move || loop {
@@ -216,14 +205,48 @@ fn reload_on_sighup(reloader: CertReloader) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Logs to stderr; `RUST_LOG` picks the level (default `info`).
-pub fn init_logging() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`: one access line per request).
+///
+/// Lines are formatted on the thread that logs but written by a thread of their own
+/// (`tracing_appender::non_blocking` over a `BufWriter`, flushed whenever the queue runs
+/// empty, so a busy server writes many lines per
+/// system call and a slow stderr — a pipe to journald, a full disk — never stalls a
+/// request); nothing is dropped (`lossy(false)`): past 128 000 queued lines, logging
+/// waits. Colours only when stderr is a terminal, so a log file holds plain text.
+///
+/// Keep the returned guard until `main` returns: dropping it writes what is queued.
+/// SIGHUP is blocked first, so that the writer thread (and every thread after it) never
+/// takes the signal that `reload_on_sighup` waits for.
+pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
+
+    block_sighup();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer)
         .init();
+    guard
+}
+
+/// Blocks SIGHUP in this thread and the threads it starts from now on.
+fn block_sighup() -> libc::sigset_t {
+    // SAFETY: `sigset_t` is plain data; `sigemptyset` initialises it before any other use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed signal set; SIGHUP is a valid signal.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+    }
+    // SAFETY: `set` is initialised; the old mask is not wanted (null is allowed).
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    set
 }
 
 /// `NAME=CERT,KEY`.
