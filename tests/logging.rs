@@ -27,7 +27,11 @@ fn hello_logs_plain_access_lines_with_every_field() {
     let mut first = Vec::new();
     let mut byte = [0u8; 1];
     while !first.ends_with(b"\n") {
-        assert_eq!(stdout.read(&mut byte).expect("read stdout"), 1, "no listening line");
+        assert_eq!(
+            stdout.read(&mut byte).expect("read stdout"),
+            1,
+            "no listening line"
+        );
         first.push(byte[0]);
     }
     let first = String::from_utf8_lossy(&first);
@@ -43,13 +47,19 @@ fn hello_logs_plain_access_lines_with_every_field() {
     }
     // SIGTERM: a graceful exit writes out what is queued.
     // SAFETY: `kill` takes plain integers; the child is ours and not yet reaped.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             break status;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "hello did not exit");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "hello did not exit"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0));
@@ -60,7 +70,10 @@ fn hello_logs_plain_access_lines_with_every_field() {
         .expect("stderr")
         .read_to_string(&mut log)
         .expect("read stderr");
-    assert!(!log.contains('\x1b'), "ANSI escape codes in a log file:\n{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "ANSI escape codes in a log file:\n{log}"
+    );
     let access: Vec<&str> = log
         .lines()
         .filter(|line| line.contains("portcullis::access"))

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+mod log_writer;
+
 use portcullis::{
     CertReloader, ConnectionInfo, HttpsRedirect, IntoResponse, Limits, Protocols, Request, Server,
     ServerHandle, TlsConfig,
@@ -207,30 +209,25 @@ fn reload_on_sighup(reloader: CertReloader) -> std::io::Result<()> {
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`: one access line per request).
 ///
-/// Lines are formatted on the thread that logs but written by a thread of their own
-/// (`tracing_appender::non_blocking` over a `BufWriter`, flushed whenever the queue runs
-/// empty, so a busy server writes many lines per
-/// system call and a slow stderr — a pipe to journald, a full disk — never stalls a
-/// request); nothing is dropped (`lossy(false)`): past 128 000 queued lines, logging
-/// waits. Colours only when stderr is a terminal, so a log file holds plain text.
+/// Lines are formatted on the thread that logs and handed to a writer thread through a
+/// buffer (`log_writer`), so a request never waits for stderr (a pipe to journald, a
+/// file) and a busy server writes thousands of lines per system call; nothing is dropped.
+/// Colours only when stderr is a terminal, so a log file holds plain text.
 ///
-/// Keep the returned guard until `main` returns: dropping it writes what is queued.
+/// Keep the returned guard until `main` returns: dropping it writes what is waiting.
 /// SIGHUP is blocked first, so that the writer thread (and every thread after it) never
 /// takes the signal that `reload_on_sighup` waits for.
-pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+pub fn init_logging() -> log_writer::FlushGuard {
     use std::io::IsTerminal;
 
     block_sighup();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) = log_writer::buffered_stderr();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer)
+        .with_writer(move || writer.clone())
         .init();
     guard
 }
