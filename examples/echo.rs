@@ -12,7 +12,9 @@ mod support;
 
 use portcullis::{Body, Response};
 
-fn main() -> std::io::Result<()> {
+/// A start-up error (a certificate that cannot be read, an address in use) is printed as
+/// its message: `portcullis::Error`'s `Debug` is its `Display`.
+fn main() -> Result<(), portcullis::Error> {
     let _logs = support::init_logging();
     let mut args = support::Args::parse();
     if !args.max_body_bytes_set {
@@ -29,5 +31,6 @@ fn main() -> std::io::Result<()> {
         *response.body_mut() = req.into_body();
         response
     })?;
-    server.join()
+    server.join()?;
+    Ok(())
 }
