@@ -11,7 +11,8 @@ The checks of an attack (run.sh's header says why each exists):
   legit     made > 0, every one 200, and the last one within 3 s of the attack's end
   attacker  the tool's exit status 0 and, for slowhttptest, an expected "Exit status:"
   held      the tool's peak of open connections and the server's peak of descriptors
-            (less those open before the attack) both >= held_min, in every slowhttptest run
+            (less those open before the attack) both >= held_min (slowhttptest: its first
+            run; a later run >= held_min / 4)
   cut       connection lifetimes (silent.py measures each one; for slowhttptest they are
             estimated from its per-second CSV by matching the k-th connection opened with
             the k-th closed) have a median within bound_s +-10 % (+-1 s more for
@@ -371,9 +372,13 @@ def run_checks(meta, s, legit, samples):
               f"{len(runs)} slowhttptest run(s), wrapper status {meta['attack_rc']}"
               + (f"; bad ends: {'; '.join(bad)}" if bad else
                  f"; ends: {', '.join(r['exit_status'] for r in runs)}"))
+        # The first run must reach held_min; a later one (restarted with less time left)
+        # at least a quarter of it, so that no run is an attack in name only.
         peaks = [r["peak_connected"] or 0 for r in runs]
-        tool_held = min(peaks, default=0)
-        tool_detail = f"slowhttptest peak connected per run {peaks}"
+        tool_held = peaks[0] if peaks else 0
+        if any(p < held_min // 4 for p in peaks[1:]):
+            tool_held = min(peaks)
+        tool_detail = f"slowhttptest peak connected per run {peaks} (later runs >= {held_min // 4})"
     else:
         tool_held = a.get("peak_open") or 0
         check("attacker", meta["attack_rc"] == 0 and "peak_open" in a,
