@@ -76,13 +76,19 @@ fn every_regression_input_replays_without_breaking_an_invariant() {
             Ok(entries) => entries,
             // A target without regressions yet has no directory; say so, loudly.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                eprintln!("no regression inputs for {target_name} ({} is absent)", dir.display());
+                eprintln!(
+                    "no regression inputs for {target_name} ({} is absent)",
+                    dir.display()
+                );
                 continue;
             }
             Err(e) => panic!("{}: {e}", dir.display()),
         };
         let mut files: Vec<_> = entries
-            .map(|e| e.unwrap_or_else(|e| panic!("{}: {e}", dir.display())).path())
+            .map(|e| {
+                e.unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                    .path()
+            })
             .collect();
         files.sort();
         for file in files {
