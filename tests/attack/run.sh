@@ -38,7 +38,7 @@
 # show), LEGIT_DELAY (7 s after an attack starts before the legitimate client begins),
 # ATTACK_KEEP=1 keeps the temporary directory with every raw result, ATTACK_ONLY="slow-body
 # silent-tcp" runs only the named attacks, ATTACK_EXAMPLE=echo attacks the echo example
-# (whose handler reads the request body) instead of hello, ATTACK_CPU_LIMIT (20: percent of
+# (whose handler reads the request body) instead of hello, ATTACK_CPU_LIMIT (15: percent of
 # one core, averaged over an attack), ATTACK_HELD (0.9: the share of ATTACK_CONNS that must
 # be held at once; slow body ATTACK_HELD_BODY, 0.3, see below), ATTACK_SERVER_ARGS (extra flags for the server,
 # e.g. "--handshake-timeout 20" to check that the `cut` check fails when a deadline moves).
@@ -54,7 +54,7 @@ RATE=${ATTACK_RATE:-200}
 SECS=${ATTACK_SECONDS:-30}
 SLOWLORIS_SECS=${SLOWLORIS_SECONDS:-40}
 SLOWREAD_SECS=${SLOWREAD_SECONDS:-40}
-CPU_LIMIT=${ATTACK_CPU_LIMIT:-20}
+CPU_LIMIT=${ATTACK_CPU_LIMIT:-15}
 HELD=${ATTACK_HELD:-0.9}
 read -r -a SERVER_ARGS <<<"${ATTACK_SERVER_ARGS:-}"
 LEGIT_DELAY=${LEGIT_DELAY:-7}
