@@ -356,7 +356,9 @@ fn soft_nofile_limit_is_raised_to_the_hard_limit_at_start() {
     let limits = nofile_limits(pid);
     drop(child.0.stdin.take());
     let _ = child.0.wait();
-    let log = log_rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    let log = log_rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_default();
     assert!(
         listening.is_ok(),
         "the child server did not start; its log:\n{log}"
