@@ -83,6 +83,18 @@ impl<S: Socket> Transport<S> {
         self.tls.as_deref()
     }
 
+    /// Reads from the socket itself, before TLS (the PROXY header).
+    pub(crate) fn read_raw(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.socket.read(buf)
+    }
+
+    /// Bytes read from the socket before TLS or HTTP began (past a PROXY header): they go
+    /// to rustls, or to hyper on a plain connection, before anything else is read.
+    pub(crate) fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.sniffed.is_empty());
+        self.sniffed = bytes;
+    }
+
     /// Drives the TLS handshake to completion (a no-op for plain connections).
     pub(crate) fn poll_handshake(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(tls) = self.tls.as_deref_mut() else {
@@ -100,7 +112,16 @@ impl<S: Socket> Transport<S> {
             if !tls.is_handshaking() {
                 return Poll::Ready(Ok(()));
             }
-            match tls.read_tls(&mut self.socket) {
+            // Bytes read before TLS began (past a PROXY header) come first.
+            let read = if self.sniffed.is_empty() {
+                tls.read_tls(&mut self.socket)
+            } else {
+                let mut replay = &self.sniffed[..];
+                let read = tls.read_tls(&mut replay);
+                self.sniffed.advance(*read.as_ref().unwrap_or(&0));
+                read
+            };
+            match read {
                 Ok(0) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
