@@ -185,9 +185,12 @@ fn v2_tcp4_then_tls_reports_the_client_and_the_balancer() {
         "{reply}"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    // The access log names the client, not the balancer.
+    // The access event itself names the client (the connection's span does too, and
+    // names the balancer as `peer`).
     let line = wait_for_log(&["portcullis::access", "path=\"/v2-tcp4\""]);
-    assert!(line.contains("client=203.0.113.7:4242"), "{line}");
+    let (span, event) = line.split_once("portcullis::access:").unwrap();
+    assert!(event.contains("client=203.0.113.7:4242 "), "{line}");
+    assert!(span.contains(&format!("peer={balancer}")), "{line}");
 }
 
 #[test]
@@ -197,6 +200,13 @@ fn v2_tcp6_and_v1_over_http2() {
     let (reply, _) = get_with_prefix(addr(&server), &header, "/v2-tcp6");
     let reply = reply.expect("request through a v2 TCP6 header");
     assert!(reply.contains("client=[2001:db8::7]:50000 "), "{reply}");
+
+    // v1 and the ClientHello in one segment: the server reads past the line (a v1 line
+    // has no length field), and what it read of the ClientHello must reach rustls.
+    let header = v1("[2001:db8::8]:50001", "[2001:db8::1]:443");
+    let (reply, _) = get_with_prefix(addr(&server), &header, "/v1-tcp6");
+    let reply = reply.expect("request through a v1 TCP6 header");
+    assert!(reply.contains("client=[2001:db8::8]:50001 "), "{reply}");
 
     // v1, written on its own before the TLS handshake, then HTTP/2.
     let text = block_on(async {
