@@ -104,7 +104,13 @@ fn check_listening_tcp(fd: RawFd) -> io::Result<()> {
         let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: `value` and `len` are valid for writes and `len` is `value`'s size.
         let rc = unsafe {
-            libc::getsockopt(fd, level, name, (&mut value as *mut libc::c_int).cast(), &mut len)
+            libc::getsockopt(
+                fd,
+                level,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
         };
         if rc != 0 {
             let error = io::Error::last_os_error();
@@ -154,9 +160,11 @@ mod tests {
         let error = check_listening_tcp(std::os::fd::AsRawFd::as_raw_fd(&file)).unwrap_err();
         assert!(error.to_string().contains("descriptor"), "{error}");
         let connected = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let error =
-            check_listening_tcp(std::os::fd::AsRawFd::as_raw_fd(&connected)).unwrap_err();
-        assert!(error.to_string().contains("not a listening TCP socket"), "{error}");
+        let error = check_listening_tcp(std::os::fd::AsRawFd::as_raw_fd(&connected)).unwrap_err();
+        assert!(
+            error.to_string().contains("not a listening TCP socket"),
+            "{error}"
+        );
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         check_listening_tcp(std::os::fd::AsRawFd::as_raw_fd(&listener)).unwrap();
     }

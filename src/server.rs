@@ -294,15 +294,17 @@ impl Server {
             idle_timeout: limits.worker_idle_timeout,
         });
         let reactor_handle = reactor.handle().clone();
-        let ctx = Arc::new(ServerContext::new(
-            self.tls.map(|tls| tls.for_protocols(self.protocols)),
-            self.protocols,
-            limits,
-            Arc::new(service),
-            pool.clone(),
-            reactor_handle.clone(),
-        )
-        .with_proxy_protocol(self.proxy));
+        let ctx = Arc::new(
+            ServerContext::new(
+                self.tls.map(|tls| tls.for_protocols(self.protocols)),
+                self.protocols,
+                limits,
+                Arc::new(service),
+                pool.clone(),
+                reactor_handle.clone(),
+            )
+            .with_proxy_protocol(self.proxy),
+        );
         let thread_pool = pool.clone();
         let thread = std::thread::Builder::new()
             .name("portcullis-reactor".into())

@@ -176,11 +176,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
     fn call(&self, request: http::Request<Incoming>) -> ResponseFuture {
         let protocol = self.info.protocol();
         let (parts, incoming) = request.into_parts();
-        let mut log = AccessLog::new(
-            &parts,
-            self.info.peer_addr(),
-            self.watch.request_started(),
-        );
+        let mut log = AccessLog::new(&parts, self.info.peer_addr(), self.watch.request_started());
         if let Some(problem) = malformed(&parts) {
             // As nginx and Go do; answered here, no worker involved.
             tracing::info!(problem, "bad request");

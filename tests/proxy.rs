@@ -87,7 +87,11 @@ fn trusting_localhost() -> ProxyProtocol {
 }
 
 fn v1(source: &str, destination: &str) -> Vec<u8> {
-    let family = if source.starts_with('[') { "TCP6" } else { "TCP4" };
+    let family = if source.starts_with('[') {
+        "TCP6"
+    } else {
+        "TCP4"
+    };
     let (s, d): (SocketAddr, SocketAddr) = (source.parse().unwrap(), destination.parse().unwrap());
     format!(
         "PROXY {family} {} {} {} {}\r\n",
@@ -119,7 +123,9 @@ fn v2(command: u8, source: &str, destination: &str) -> Vec<u8> {
     body.extend_from_slice(&s.port().to_be_bytes());
     body.extend_from_slice(&d.port().to_be_bytes());
     // TLVs, as HAProxy sends them: ALPN and a unique ID, then padding (NOOP).
-    body.extend_from_slice(&[0x01, 0, 2, b'h', b'2', 0x05, 0, 4, 1, 2, 3, 4, 0x04, 0, 3, 0, 0, 0]);
+    body.extend_from_slice(&[
+        0x01, 0, 2, b'h', b'2', 0x05, 0, 4, 1, 2, 3, 4, 0x04, 0, 3, 0, 0, 0,
+    ]);
     let mut out = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     out.extend_from_slice(&[command, family]);
     out.extend_from_slice(&(body.len() as u16).to_be_bytes());
@@ -275,7 +281,10 @@ fn optional_serves_direct_clients_and_refuses_their_headers() {
     let (server, _) = server_with(trusting_localhost().optional(), Limits::default());
     let (reply, local) = get_with_prefix(addr(&server), b"", "/direct");
     let reply = reply.expect("a direct client of a trusted address");
-    assert!(reply.ends_with(&format!("client={local} balancer=- path=/direct")), "{reply}");
+    assert!(
+        reply.ends_with(&format!("client={local} balancer=- path=/direct")),
+        "{reply}"
+    );
     let header = v1("192.0.2.9:1234", "192.0.2.1:443");
     let (reply, _) = get_with_prefix(addr(&server), &header, "/proxied");
     assert!(reply.expect("proxied").contains("client=192.0.2.9:1234 "));
@@ -287,7 +296,10 @@ fn optional_serves_direct_clients_and_refuses_their_headers() {
     );
     let (reply, local) = get_with_prefix(addr(&server), b"", "/direct");
     let reply = reply.expect("a direct client");
-    assert!(reply.ends_with(&format!("client={local} balancer=- path=/direct")), "{reply}");
+    assert!(
+        reply.ends_with(&format!("client={local} balancer=- path=/direct")),
+        "{reply}"
+    );
     let (reply, _) = get_with_prefix(addr(&server), &header, "/spoofed");
     assert!(reply.is_err(), "a spoofed header was accepted: {reply:?}");
     wait_for_log(&["PROXY header from a peer outside the trusted networks"]);
@@ -300,7 +312,11 @@ fn truncated_garbage_and_oversized_headers_close_at_once() {
     let header = v2(0x21, "203.0.113.7:4242", "198.51.100.1:443");
     let cases: [(&[u8], bool, &str); 4] = [
         (&header[..20], true, "after 20 bytes of PROXY header"),
-        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false, "does not start with a PROXY header"),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            false,
+            "does not start with a PROXY header",
+        ),
         (
             b"PROXY TCP4 1.2.3.4 5.6.7.8 80 99999\r\n",
             false,
@@ -315,7 +331,10 @@ fn truncated_garbage_and_oversized_headers_close_at_once() {
     for (bytes, then_close, reason) in cases {
         let (took, answer) = send_raw_until_closed(addr(&server), bytes, then_close);
         assert!(answer.is_empty(), "answered {answer:?} to {bytes:?}");
-        assert!(took < Duration::from_secs(5), "{reason}: closed after {took:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "{reason}: closed after {took:?}"
+        );
         wait_for_log(&["closing connection: PROXY protocol", reason]);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 0);

@@ -25,7 +25,11 @@ fn get(addr: SocketAddr) -> std::io::Result<String> {
     if !text.starts_with("HTTP/1.1 200") {
         return Err(std::io::Error::other(format!("not a 200: {text:?}")));
     }
-    Ok(text.rsplit("\r\n\r\n").next().unwrap_or_default().to_string())
+    Ok(text
+        .rsplit("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }
 
 #[test]
@@ -62,7 +66,11 @@ fn two_servers_share_a_port_with_reuse_port_and_one_can_leave() {
     // The first one shuts down: every new connection goes to the second.
     first.shutdown().expect("shut down the first server");
     for i in 0..32 {
-        assert_eq!(get(addr).expect("GET after the first left"), "second", "#{i}");
+        assert_eq!(
+            get(addr).expect("GET after the first left"),
+            "second",
+            "#{i}"
+        );
     }
 }
 
@@ -74,7 +82,10 @@ fn activation_child() {
     }
     let server = Server::from_listen_fds().expect("take the LISTEN_FDS socket");
     for var in ["LISTEN_PID", "LISTEN_FDS"] {
-        assert!(std::env::var_os(var).is_none(), "{var} was left for children");
+        assert!(
+            std::env::var_os(var).is_none(),
+            "{var} was left for children"
+        );
     }
     assert!(
         portcullis::listen_fds().expect("nothing left").is_empty(),
@@ -111,7 +122,12 @@ fn a_child_serves_on_an_inherited_socket_and_a_connection_made_before_it_started
         // LISTEN_PID is the process that will run: `exec` keeps the shell's pid.
         .args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
         .arg(&exe)
-        .args(["--exact", "activation_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "activation_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, "1")
         .env("LISTEN_FDS", "1")
         .stdin(Stdio::null())

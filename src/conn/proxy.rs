@@ -60,7 +60,9 @@ impl IpNetwork {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -244,14 +246,19 @@ pub(crate) enum HeaderError {
 impl fmt::Display for HeaderError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HeaderError::Missing => f.write_str("the connection does not start with a PROXY header"),
+            HeaderError::Missing => {
+                f.write_str("the connection does not start with a PROXY header")
+            }
             HeaderError::V1TooLong => write!(f, "PROXY v1 line longer than {V1_MAX_BYTES} bytes"),
             HeaderError::V1Malformed(what) => write!(f, "malformed PROXY v1 line: {what}"),
             HeaderError::V2BadVersionOrCommand(byte) => {
                 write!(f, "PROXY v2 header with version/command byte {byte:#04x}")
             }
             HeaderError::V2BadFamily(byte) => {
-                write!(f, "PROXY v2 header with unusable family/transport byte {byte:#04x}")
+                write!(
+                    f,
+                    "PROXY v2 header with unusable family/transport byte {byte:#04x}"
+                )
             }
             HeaderError::V2ShortAddresses { length, needed } => write!(
                 f,
@@ -582,7 +589,11 @@ mod tests {
     fn v1_tcp4_tcp6_and_unknown() {
         let line = b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n\x16\x03\x01";
         let (header, used) = complete(line);
-        assert_eq!(used, line.len() - 3, "the bytes after the line are not the header's");
+        assert_eq!(
+            used,
+            line.len() - 3,
+            "the bytes after the line are not the header's"
+        );
         assert_eq!(
             header.addresses,
             Some((sa("192.0.2.1:56324"), sa("198.51.100.2:443")))
@@ -667,7 +678,16 @@ mod tests {
     #[test]
     fn v2_local_unspec_and_unix_keep_the_socket_addresses() {
         let local = v2(0x20, 0x11, &[1; 12]);
-        assert_eq!(complete(&local), (Header { version: 2, addresses: None }, 28));
+        assert_eq!(
+            complete(&local),
+            (
+                Header {
+                    version: 2,
+                    addresses: None
+                },
+                28
+            )
+        );
         assert_eq!(complete(&v2(0x21, 0x00, &[])).0.addresses, None);
         assert_eq!(complete(&v2(0x21, 0x31, &[0; 216])).0.addresses, None);
     }
@@ -700,7 +720,10 @@ mod tests {
         let mut head = V2_SIGNATURE.to_vec();
         head.extend_from_slice(&[0x21, 0x11]);
         head.extend_from_slice(&((MAX_HEADER_BYTES - 16 + 1) as u16).to_be_bytes());
-        assert_eq!(parse(&head), Err(HeaderError::Oversized(MAX_HEADER_BYTES + 1)));
+        assert_eq!(
+            parse(&head),
+            Err(HeaderError::Oversized(MAX_HEADER_BYTES + 1))
+        );
         let mut head = head[..14].to_vec();
         head.extend_from_slice(&((MAX_HEADER_BYTES - 16) as u16).to_be_bytes());
         assert_eq!(parse(&head), Ok(Parsed::NeedMore(MAX_HEADER_BYTES - 16)));
@@ -752,7 +775,14 @@ mod tests {
         let v6: IpNetwork = "2001:db8::/32".parse().unwrap();
         assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
         assert!(!v6.contains("2001:db9::1".parse().unwrap()));
-        for bad in ["10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0/8", "x", "10.0.0.0/+8"] {
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0/8",
+            "x",
+            "10.0.0.0/+8",
+        ] {
             let error = bad.parse::<IpNetwork>().unwrap_err();
             assert!(error.to_string().contains(bad), "{error}");
         }
