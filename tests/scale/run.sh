@@ -126,14 +126,20 @@ else
   echo "net.ipv4.tcp_migrate_req is not writable here (is $(cat /proc/sys/net/ipv4/tcp_migrate_req 2>/dev/null || echo absent)); a connection queued on the old listener at the moment it closes would be reset"
 fi
 
-read -r FRONT PORT_A PORT_B < <(python3 - <<'EOF'
+# Command substitution waits for python to exit, so its sockets are closed before a
+# backend binds (`read < <(...)` would not).
+ports=$(python3 - <<'EOF'
 import socket
 socks = [socket.socket() for _ in range(3)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in socks))
+ports = [s.getsockname()[1] for s in socks]
+for s in socks:
+    s.close()
+print(*ports)
 EOF
 )
+read -r FRONT PORT_A PORT_B <<<"$ports"
 echo "haproxy on 127.0.0.1:$FRONT, backends a on $PORT_A and b on $PORT_B"
 
 # start_backend NAME PORT: starts hello, waits until it listens; sets STARTED_PID.
