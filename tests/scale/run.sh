@@ -158,7 +158,10 @@ start_backend() {
   echo "backend $name: pid $STARTED_PID on 127.0.0.1:$port"
 }
 
-access_lines() { grep -h 'portcullis::access' "$@" 2>/dev/null || true; }
+# The access lines of backend logs, without colour codes.
+access_lines() {
+  cat "$@" 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | grep 'portcullis::access' || true
+}
 
 # ---------------------------------------------------------------- start
 step "start two backends and haproxy"
