@@ -37,6 +37,10 @@ use transport::{Socket, Transport};
 /// one), how long the connection may take to wind down before it is cut.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a connection we closed waits for the client to close its side, reading and
+/// dropping what it still sends (see `Transport::poll_linger`).
+pub(crate) const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// hyper's own limit on HTTP/1 header fields.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
@@ -247,6 +251,7 @@ enum Next {
     Idle,
     SendStalled,
     CloseGrace,
+    Linger,
 }
 
 /// Polls a hyper connection to its end, and enforces the connection's deadlines:
@@ -314,6 +319,9 @@ async fn drive<C: GracefulShutdown>(
             if let Some(since) = watch.write_stalled_since() {
                 consider(since + ctx.limits.send_timeout, Next::SendStalled);
             }
+            if let Some(since) = watch.lingering_since() {
+                consider(since + LINGER_TIMEOUT, Next::Linger);
+            }
             let Some((at, what)) = next else {
                 return Poll::Pending;
             };
@@ -335,6 +343,11 @@ async fn drive<C: GracefulShutdown>(
                     }
                     Next::CloseGrace => {
                         return Poll::Ready(End::Cut("did not close within the grace period"))
+                    }
+                    Next::Linger => {
+                        return Poll::Ready(End::Cut(
+                            "the client did not close its side after ours (lingering close)",
+                        ))
                     }
                 }
             }
