@@ -12,7 +12,10 @@
 #   2. under h2load load through HAProxy (HTTP/2, then HTTP/1.1), one backend is restarted
 #      — a new process starts on the same port (SO_REUSEPORT), then the old one gets
 #      SIGTERM and drains — with 0 failed, errored or timed-out requests, the old process
-#      exits 0 within its drain timeout, and the new one serves.
+#      exits 0 within its drain timeout, and the new one serves. Beside h2load, curl opens
+#      a fresh connection every ~20 ms through the whole restart (h2load's HTTP/2 clients
+#      stop after a GOAWAY instead of reconnecting, so new connections come from curl):
+#      every one must get 200, and some must reach the new process.
 # The graceful drain on SIGTERM is the examples' (Server shutdown on signals, issue 14).
 #
 # While it runs, net.ipv4.tcp_migrate_req is set to 1 when it can be (Linux 5.14+): a
@@ -232,6 +235,19 @@ if grep -h 'closing connection: PROXY protocol' "$TMP/a.log" "$TMP/b.log" >/dev/
 fi
 
 # ---------------------------------------------------------------- 2. rolling restart
+# curl_loop OUT STOPFILE: fresh connections through haproxy, alternating HTTP/1.1 and
+# HTTP/2, until STOPFILE exists; one "code version port" line (or "curl-failed") each.
+curl_loop() {
+  local out=$1 stop=$2 i=0 proto res
+  while [ ! -e "$stop" ]; do
+    if [ $((i % 2)) = 0 ]; then proto=http1.1; else proto=http2; fi
+    res=$("${CURL[@]}" "--$proto" "$URL" 2>&1) || res="curl-failed $res"
+    echo "$res" >>"$out"
+    i=$((i + 1))
+    sleep 0.02
+  done
+}
+
 # restart_under_load PROTO NAME PORT OLD_PID: h2load through haproxy; a few seconds in, a
 # new NAME process starts on PORT and the old one gets SIGTERM. Sets NEW_PID.
 NEW_PID=
@@ -245,6 +261,10 @@ restart_under_load() {
   h2load -D "$SECS" -c "$CLIENTS" -t 1 "${flags[@]}" "$URL" >"$report" 2>&1 </dev/null &
   h2pid=$!
   PIDS+=("$h2pid")
+  local curls="$TMP/curl-$proto.txt" stop="$TMP/curl-$proto.stop" cpid
+  curl_loop "$curls" "$stop" &
+  cpid=$!
+  PIDS+=("$cpid")
   sleep $((SECS / 4 + 1))
   start_backend "$new" "$port"
   NEW_PID=$STARTED_PID
@@ -258,6 +278,15 @@ restart_under_load() {
   echo "old process exited with status $rc after $((SECONDS - t0)) s"
   [ "$rc" = 0 ] || die "the old backend exited with status $rc (a graceful drain exits 0)"
   [ $((SECONDS - t0)) -lt 20 ] || die "the old backend drained for the whole drain timeout"
+  sleep 1 # fresh connections after the old process left
+  touch "$stop"
+  wait "$cpid" || true
+  local made bad
+  made=$(wc -l <"$curls")
+  bad=$(grep -cv '^200 ' "$curls" || true)
+  echo "curl: $made fresh connections across the restart, $bad not answered 200"
+  [ "$made" -ge 20 ] || die "curl made only $made requests during the restart"
+  [ "$bad" = 0 ] || die "fresh connections failed across the restart: $(grep -v '^200 ' "$curls" | head -n 5)"
   rc=0
   wait "$h2pid" || rc=$?
   sed -n '/^finished in/,/^status codes/p' "$report"
