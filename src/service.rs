@@ -979,7 +979,8 @@ fn plain_response(
 /// One line of access log, written when the response body is done. It also holds the
 /// request's place among the connection's requests in flight.
 struct AccessLog {
-    /// The client's address and the protocol, when known.
+    /// The client's address (from the PROXY header behind a load balancer) and the
+    /// protocol, when known.
     client: Option<(std::net::SocketAddr, Protocol)>,
     method: Method,
     uri: Uri,
