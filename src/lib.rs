@@ -24,6 +24,12 @@
 //! connection costs memory, never a thread. See `docs/architecture.md` for the path of a
 //! connection and [`Limits`] for every timeout and limit.
 //!
+//! Handlers may return anything that is [`IntoResponse`] — a [`Response`], a string, a
+//! status, [`response::Html`], `response::Json` (feature `json`), or a `Result` whose
+//! error is an [`Error`], so `?` works inside them; [`Body::into_string`] and similar helpers read
+//! request bodies under [`Limits::max_request_body_bytes`]. [`Server::serve`] shuts down
+//! gracefully on `SIGINT` and `SIGTERM`.
+//!
 //! For production HTTPS, [`TlsConfig`] picks certificates by server name
 //! ([`TlsConfig::with_sni`]), swaps them on a running server ([`CertReloader`]), resumes
 //! sessions by default, and checks client certificates

@@ -1,7 +1,7 @@
 //! Building responses: [`IntoResponse`] and the helpers that implement it.
 //!
 //! A handler may return anything that is [`IntoResponse`]: a [`Response`], a string, bytes,
-//! a [`StatusCode`], `(StatusCode, body)`, [`Html`], [`Json`] (feature `json`), a
+//! a [`StatusCode`], `(StatusCode, body)`, [`Html`], `Json` (feature `json`), a
 //! [`Redirect`], or a `Result` of two such types — so `?` works inside handlers (see
 //! [`Error`](crate::Error) for how errors answer).
 //!
@@ -47,7 +47,7 @@ use crate::service::Response;
 /// | [`StatusCode`] | that status, empty | none |
 /// | `(StatusCode, T)` | that status | `T`'s |
 /// | [`Html<T>`] | 200 | `text/html; charset=utf-8` |
-/// | [`Json<T>`] (feature `json`) | 200 (500 if it cannot be serialized) | `application/json` |
+/// | `Json<T>` (feature `json`) | 200 (500 if it cannot be serialized) | `application/json` |
 /// | [`Redirect`] | 303, 307 or 308 | none (`Location` set) |
 /// | `Result<T, E>` | `T`'s or `E`'s | `T`'s or `E`'s |
 /// | [`Error`](crate::Error), [`std::io::Error`], [`http::Error`] | see [`Error`](crate::Error) | `text/plain; charset=utf-8` |
