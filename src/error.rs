@@ -289,3 +289,60 @@ impl IntoResponse for http::Error {
         Error::from(self).into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn body_text(response: Response) -> String {
+        let mut text = String::new();
+        response
+            .into_body()
+            .read_to_string(&mut text)
+            .expect("in-memory body");
+        text
+    }
+
+    #[test]
+    fn io_errors_map_to_the_documented_statuses() {
+        let cases = [
+            (io::ErrorKind::NotFound, 404),
+            (io::ErrorKind::PermissionDenied, 403),
+            (io::ErrorKind::InvalidInput, 400),
+            (io::ErrorKind::InvalidData, 400),
+            (io::ErrorKind::UnexpectedEof, 400),
+            (io::ErrorKind::TimedOut, 408),
+            (io::ErrorKind::ConnectionReset, 500),
+            (io::ErrorKind::Other, 500),
+        ];
+        for (kind, status) in cases {
+            let error = Error::from(io::Error::new(kind, "x"));
+            assert_eq!(error.status(), status, "{kind:?}");
+        }
+        let too_large = io::Error::new(io::ErrorKind::InvalidData, BodyTooLarge { limit: 10 });
+        assert_eq!(Error::from(too_large).status(), 413);
+    }
+
+    #[test]
+    fn client_errors_show_their_message_and_server_errors_hide_it() {
+        let response = Error::not_found("no note 7").into_response();
+        assert_eq!(response.status(), 404);
+        assert_eq!(body_text(response), "no note 7\n");
+        let response = Error::internal("password=hunter2 rejected by the database").into_response();
+        assert_eq!(response.status(), 500);
+        assert_eq!(body_text(response), "500 Internal Server Error\n");
+    }
+
+    #[test]
+    fn debug_is_the_message_so_main_prints_it() {
+        let error = Error::from(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "cannot listen on 127.0.0.1:443: Address already in use",
+        ));
+        assert_eq!(
+            format!("{error:?}"),
+            "cannot listen on 127.0.0.1:443: Address already in use"
+        );
+    }
+}
