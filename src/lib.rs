@@ -56,5 +56,5 @@ pub use redirect::HttpsRedirect;
 pub use rustls;
 pub use server::{Protocols, Server, ServerHandle};
 pub use service::{Request, Response, Service};
-pub use tls::{CertReloader, TlsConfig, TlsError, SESSION_CACHE_SIZE};
+pub use tls::{crypto_provider, CertReloader, TlsConfig, TlsError, SESSION_CACHE_SIZE};
 pub use worker::PoolStats;

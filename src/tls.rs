@@ -7,7 +7,8 @@
 //! (`BEGIN EC PRIVATE KEY`).
 //!
 //! Security defaults of a [`TlsConfig`] built from PEM: only TLS 1.3 and TLS 1.2, rustls'
-//! default cipher suites on the *ring* crypto provider, the server's cipher order preferred
+//! default cipher suites and key exchange groups on the [`crypto_provider`] (aws-lc-rs with
+//! the post-quantum `X25519MLKEM768` preferred, or *ring*), the server's cipher order preferred
 //! (`ignore_client_order`), TLS 1.3 stateless session tickets under keys that rotate every
 //! 6 hours, and a session cache of [`SESSION_CACHE_SIZE`] sessions for TLS 1.2 clients
 //! without ticket support.
@@ -137,12 +138,10 @@ impl TlsConfig {
     ///
     /// let certs = CertificateDer::pem_file_iter("certs/localhost.crt")?.collect::<Result<Vec<_>, _>>()?;
     /// let key = PrivateKeyDer::from_pem_file("certs/localhost.key")?;
-    /// let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-    ///     rustls::crypto::ring::default_provider(),
-    /// ))
-    /// .with_protocol_versions(&[&rustls::version::TLS13])?
-    /// .with_no_client_auth()
-    /// .with_single_cert(certs, key)?;
+    /// let config = rustls::ServerConfig::builder_with_provider(portcullis::crypto_provider())
+    ///     .with_protocol_versions(&[&rustls::version::TLS13])?
+    ///     .with_no_client_auth()
+    ///     .with_single_cert(certs, key)?;
     /// let tls = portcullis::TlsConfig::from_rustls(Arc::new(config));
     /// assert!(tls.reloader().is_none());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -323,8 +322,41 @@ impl fmt::Debug for TlsConfig {
     }
 }
 
+#[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
+compile_error!("portcullis needs a TLS crypto provider: enable the `aws-lc-rs` (default) or `ring` feature");
+
+/// The rustls crypto provider portcullis builds its TLS configurations on: rustls'
+/// `aws_lc_rs` provider with the `aws-lc-rs` feature (the default), which prefers the
+/// hybrid post-quantum key exchange `X25519MLKEM768` and falls back to `X25519`, P-256 and
+/// P-384 for clients without it; rustls' `ring` provider (classical key exchange only)
+/// when only the `ring` feature is on. Use it to build a
+/// [`TlsConfig::from_rustls`] configuration or a client that matches the server.
+///
+/// ```
+/// let provider = portcullis::crypto_provider();
+/// let groups: Vec<_> = provider.kx_groups.iter().map(|g| g.name()).collect();
+/// # #[cfg(feature = "aws-lc-rs")]
+/// assert_eq!(groups[0], portcullis::rustls::NamedGroup::X25519MLKEM768);
+/// assert!(groups.contains(&portcullis::rustls::NamedGroup::X25519));
+/// ```
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    #[cfg(feature = "aws-lc-rs")]
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    let provider = rustls::crypto::ring::default_provider();
+    Arc::new(provider)
+}
+
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    crypto_provider()
+}
+
+/// Stateless session tickets from the same provider as the handshakes.
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+    #[cfg(feature = "aws-lc-rs")]
+    return rustls::crypto::aws_lc_rs::Ticketer::new();
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    return rustls::crypto::ring::Ticketer::new();
 }
 
 /// The portcullis defaults: TLS 1.3 and 1.2 only, rustls' default suites, the server's
@@ -344,7 +376,7 @@ fn build_config(
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     // Stateless TLS 1.3 tickets (and TLS 1.2 tickets for clients that support them),
     // encrypted under a key that rotates every 6 hours; a ticket stays valid for 6 to 12.
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.ticketer = ticketer()?;
     Ok(config)
 }
 
