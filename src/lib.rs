@@ -33,6 +33,8 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
 
+#[cfg(feature = "acme")]
+pub mod acme;
 mod body;
 mod conn;
 pub mod files;

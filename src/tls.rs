@@ -83,6 +83,8 @@ pub struct TlsConfig {
     config: Arc<ServerConfig>,
     /// `None` for a caller-built rustls configuration.
     store: Option<Arc<CertStore>>,
+    /// Also offer the `acme-tls/1` ALPN protocol (TLS-ALPN-01 validation, RFC 8737).
+    acme_tls_alpn: bool,
 }
 
 impl TlsConfig {
@@ -150,6 +152,7 @@ impl TlsConfig {
         TlsConfig {
             config,
             store: None,
+            acme_tls_alpn: false,
         }
     }
 
@@ -262,6 +265,7 @@ impl TlsConfig {
         Ok(TlsConfig {
             config: Arc::new(config),
             store: Some(store),
+            acme_tls_alpn: false,
         })
     }
 
@@ -297,7 +301,32 @@ impl TlsConfig {
         Ok(TlsConfig {
             config: Arc::new(config),
             store: Some(store),
+            acme_tls_alpn: self.acme_tls_alpn,
         })
+    }
+
+    /// Answers TLS-ALPN-01 validations: offers the `acme-tls/1` ALPN protocol and serves
+    /// the challenge certificates given to [`set_acme_challenge`](Self::set_acme_challenge).
+    #[cfg(feature = "acme")]
+    pub(crate) fn answering_acme_tls_alpn(mut self) -> TlsConfig {
+        self.acme_tls_alpn = true;
+        self
+    }
+
+    /// Serves `cert` to TLS-ALPN-01 validations of `name` (`None`: stop).
+    #[cfg(feature = "acme")]
+    pub(crate) fn set_acme_challenge(&self, name: &str, cert: Option<Arc<CertifiedKey>>) {
+        if let Some(store) = &self.store {
+            let mut challenges = store
+                .acme_challenges
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let name = name.to_ascii_lowercase();
+            match cert {
+                Some(cert) => challenges.insert(name, cert),
+                None => challenges.remove(&name),
+            };
+        }
     }
 
     /// The configuration a server uses: ALPN set from `protocols` unless the caller chose.
@@ -307,6 +336,9 @@ impl TlsConfig {
         }
         let mut config = (*self.config).clone();
         config.alpn_protocols = protocols.alpn_ids();
+        if self.acme_tls_alpn {
+            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         Arc::new(config)
     }
 }
@@ -498,6 +530,15 @@ impl fmt::Debug for CertReloader {
     }
 }
 
+/// The ALPN protocol of ACME TLS-ALPN-01 validation (RFC 8737).
+const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Whether a handshake negotiated `acme-tls/1`: a TLS-ALPN-01 validation, which ends
+/// with the handshake (RFC 8737, section 3); the connection carries no HTTP.
+pub(crate) fn is_acme_validation(alpn: Option<&[u8]>) -> bool {
+    alpn == Some(ACME_TLS_ALPN)
+}
+
 const MEMORY_CHAIN: &str = "<certificate chain>";
 const MEMORY_KEY: &str = "<private key>";
 
@@ -598,6 +639,9 @@ struct CertStore {
     current: RwLock<Arc<CertSet>>,
     /// Serialises writers, so two reloads cannot lose each other's change.
     writer: Mutex<()>,
+    /// TLS-ALPN-01 challenge certificates by server name (RFC 8737), served only to
+    /// clients that offer nothing but the `acme-tls/1` ALPN protocol.
+    acme_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl CertStore {
@@ -608,6 +652,7 @@ impl CertStore {
                 by_name: HashMap::new(),
             })),
             writer: Mutex::new(()),
+            acme_challenges: RwLock::new(HashMap::new()),
         }
     }
 
@@ -650,6 +695,18 @@ impl fmt::Debug for CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(mut alpn) = client_hello.alpn() {
+            if alpn.any(|protocol| protocol == ACME_TLS_ALPN) {
+                // A TLS-ALPN-01 validation: the challenge certificate for that name, or
+                // no certificate at all (the handshake fails).
+                let name = client_hello.server_name()?;
+                let challenges = self
+                    .acme_challenges
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
+                return challenges.get(name).cloned();
+            }
+        }
         let set = self.current();
         // rustls hands over the SNI name already in lower case.
         let entry = client_hello
