@@ -355,7 +355,9 @@ impl fmt::Debug for TlsConfig {
 }
 
 #[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
-compile_error!("portcullis needs a TLS crypto provider: enable the `aws-lc-rs` (default) or `ring` feature");
+compile_error!(
+    "portcullis needs a TLS crypto provider: enable the `aws-lc-rs` (default) or `ring` feature"
+);
 
 /// The rustls crypto provider portcullis builds its TLS configurations on: rustls'
 /// `aws_lc_rs` provider with the `aws-lc-rs` feature (the default), which prefers the

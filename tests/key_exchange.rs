@@ -43,9 +43,7 @@ fn negotiated_group(config: Arc<rustls::ClientConfig>, version: Version) -> Name
     let handle = spawn_tls(info_handler);
     let addr = addr(&handle);
     let group = block_on(async move {
-        let stream = tls_connect_with(addr, config)
-            .await
-            .expect("TLS handshake");
+        let stream = tls_connect_with(addr, config).await.expect("TLS handshake");
         let group = stream
             .get_ref()
             .1

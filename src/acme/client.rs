@@ -193,7 +193,13 @@ impl Client {
             return Err(problem(&finalize, &reply));
         }
         tracing::info!(domain, "ACME: order finalized (CSR sent)");
-        let order = self.poll(&order_url, "order", domain, &["valid"], &["processing", "pending", "ready"])?;
+        let order = self.poll(
+            &order_url,
+            "order",
+            domain,
+            &["valid"],
+            &["processing", "pending", "ready"],
+        )?;
         let cert_url = order["certificate"]
             .as_str()
             .ok_or_else(|| AcmeError::Protocol {
@@ -260,7 +266,11 @@ impl Client {
         let (token, url) = (token.to_string(), url.to_string());
         let key_authorization = self.key.key_authorization(&token);
         responder.present(kind, domain, &token, &key_authorization)?;
-        tracing::info!(domain, challenge = kind.name(), "ACME: challenge ready, asking the CA to validate");
+        tracing::info!(
+            domain,
+            challenge = kind.name(),
+            "ACME: challenge ready, asking the CA to validate"
+        );
         let result = (|| {
             let reply = self.post(&url, Some(&json!({})))?;
             if reply.status != 200 {
@@ -358,7 +368,9 @@ impl Client {
                 .map_err(|e| AcmeError::http(url, e))?;
             let (reply, nonce) = read(url, response)?;
             self.nonce = nonce;
-            if reply.status == 400 && problem_type(&reply).as_deref() == Some("urn:ietf:params:acme:error:badNonce") {
+            if reply.status == 400
+                && problem_type(&reply).as_deref() == Some("urn:ietf:params:acme:error:badNonce")
+            {
                 tracing::debug!(url, "ACME: bad nonce, retrying");
                 continue;
             }
@@ -440,6 +452,11 @@ fn problem(url: &str, reply: &Reply) -> AcmeError {
         detail: value["detail"]
             .as_str()
             .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).chars().take(200).collect()),
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(&reply.body)
+                    .chars()
+                    .take(200)
+                    .collect()
+            }),
     }
 }

@@ -98,8 +98,14 @@ fn time(reader: &mut Reader<'_>) -> Option<SystemTime> {
         _ => return None,
     };
     let field = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
-    let (month, day, hour, minute, second) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    let (month, day, hour, minute, second) =
+        (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
@@ -147,7 +153,12 @@ mod tests {
 
     #[test]
     fn malformed_input_is_none() {
-        for bad in [&b""[..], b"\x30", b"\x30\x85\x00\x00\x00\x00\x00", b"\x30\x02\x30\x05"] {
+        for bad in [
+            &b""[..],
+            b"\x30",
+            b"\x30\x85\x00\x00\x00\x00\x00",
+            b"\x30\x02\x30\x05",
+        ] {
             assert!(validity(bad).is_none());
         }
     }

@@ -48,7 +48,9 @@ impl AccountKey {
     pub(crate) fn from_pem(pem: &str) -> Result<AccountKey, AcmeError> {
         let pair = KeyPair::from_pem(pem).map_err(AcmeError::crypto)?;
         if pair.algorithm() != &PKCS_ECDSA_P256_SHA256 {
-            return Err(AcmeError::crypto("the account key is not a P-256 ECDSA key"));
+            return Err(AcmeError::crypto(
+                "the account key is not a P-256 ECDSA key",
+            ));
         }
         AccountKey::from_pair(pair)
     }
@@ -106,7 +108,8 @@ impl AccountKey {
             .map_err(AcmeError::crypto)?;
         let signature = ecdsa_der_to_fixed(&der)
             .ok_or_else(|| AcmeError::crypto("unexpected ECDSA signature encoding"))?;
-        let body = json!({"protected": protected, "payload": payload, "signature": b64(&signature)});
+        let body =
+            json!({"protected": protected, "payload": payload, "signature": b64(&signature)});
         Ok(body.to_string().into_bytes())
     }
 }

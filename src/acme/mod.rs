@@ -316,7 +316,8 @@ impl Acme {
                     name: domain.clone(),
                     next_attempt: next,
                     failures: 0,
-                    is_default: default.as_deref() == Some(domain.as_str()) || default.is_none() && domain == &domains[0],
+                    is_default: default.as_deref() == Some(domain.as_str())
+                        || default.is_none() && domain == &domains[0],
                 }
             })
             .collect();
@@ -390,7 +391,11 @@ impl AcmeHandle {
 
 impl Drop for AcmeHandle {
     fn drop(&mut self) {
-        *self.control.stop.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        *self
+            .control
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
         self.control.wake.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -430,7 +435,6 @@ struct Worker {
     states: Vec<DomainState>,
     control: Arc<Control>,
 }
-
 
 impl Worker {
     fn run(mut self) {
@@ -488,7 +492,11 @@ impl Worker {
                 .unwrap_or_default()
                 // Wake at least hourly: the wall clock may jump.
                 .min(Duration::from_secs(3600));
-            let stop = self.control.stop.lock().unwrap_or_else(PoisonError::into_inner);
+            let stop = self
+                .control
+                .stop
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if *stop {
                 return;
             }
@@ -504,7 +512,11 @@ impl Worker {
     }
 
     fn stopped(&self) -> bool {
-        *self.control.stop.lock().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .control
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// One attempt for `domain`: order, validate, download, store, swap in. Returns when
@@ -513,13 +525,17 @@ impl Worker {
         let session = match client {
             Some(session) => session,
             None => {
-                let mut session =
-                    Client::connect(&self.settings.directory, self.roots.as_deref(), self.key.clone())?;
+                let mut session = Client::connect(
+                    &self.settings.directory,
+                    self.roots.as_deref(),
+                    self.key.clone(),
+                )?;
                 session.account(&self.settings.contact)?;
                 client.insert(session)
             }
         };
-        let Issued { chain_pem, key_pem } = session.obtain(domain, self.settings.challenge, self)?;
+        let Issued { chain_pem, key_pem } =
+            session.obtain(domain, self.settings.challenge, self)?;
         let renew_at = renew_time(chain_pem.as_bytes()).ok_or_else(|| AcmeError::Protocol {
             url: self.settings.directory.clone(),
             message: "the issued certificate has no readable validity period".to_string(),
@@ -573,7 +589,10 @@ impl Responder for Worker {
 
 /// The self-signed certificate that answers a TLS-ALPN-01 validation: the name, and the
 /// critical acmeIdentifier extension with the SHA-256 of the key authorization.
-fn alpn_challenge_cert(domain: &str, key_authorization: &str) -> Result<Arc<CertifiedKey>, AcmeError> {
+fn alpn_challenge_cert(
+    domain: &str,
+    key_authorization: &str,
+) -> Result<Arc<CertifiedKey>, AcmeError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(AcmeError::crypto)?;
     let mut params = CertificateParams::new(vec![domain.to_string()]).map_err(AcmeError::crypto)?;
     params.custom_extensions = vec![CustomExtension::new_acme_identifier(&sha256(
@@ -587,7 +606,10 @@ fn alpn_challenge_cert(domain: &str, key_authorization: &str) -> Result<Arc<Cert
         .key_provider
         .load_private_key(der)
         .map_err(AcmeError::crypto)?;
-    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing_key)))
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing_key,
+    )))
 }
 
 /// A self-signed stand-in for `domain` until the CA's certificate arrives.
@@ -595,8 +617,14 @@ fn placeholder(domain: &str) -> Result<TlsConfig, AcmeError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(AcmeError::crypto)?;
     let params = CertificateParams::new(vec![domain.to_string()]).map_err(AcmeError::crypto)?;
     let cert = params.self_signed(&key).map_err(AcmeError::crypto)?;
-    tracing::info!(domain, "ACME: no cached certificate; serving a self-signed placeholder until one is issued");
-    Ok(TlsConfig::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())?)
+    tracing::info!(
+        domain,
+        "ACME: no cached certificate; serving a self-signed placeholder until one is issued"
+    );
+    Ok(TlsConfig::from_pem(
+        cert.pem().as_bytes(),
+        key.serialize_pem().as_bytes(),
+    )?)
 }
 
 /// When to renew a chain: when a third of its leaf's lifetime is left.
@@ -643,7 +671,10 @@ impl Cache {
                 .map_err(|source| AcmeError::Io { path, source })?;
         }
         // The CA reads the tokens through the HTTP server, which may run as another user.
-        let _ = fs::set_permissions(cache.http01_dir(), std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        let _ = fs::set_permissions(
+            cache.http01_dir(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        );
         Ok(cache)
     }
 
@@ -701,7 +732,12 @@ impl Cache {
     }
 
     /// Writes a new chain and key (0600) over the old ones, each atomically.
-    fn store(&self, domain: &str, chain_pem: &str, key_pem: &str) -> Result<(PathBuf, PathBuf), AcmeError> {
+    fn store(
+        &self,
+        domain: &str,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<(PathBuf, PathBuf), AcmeError> {
         let (cert, key) = self.cert_paths(domain);
         write_private(&key, key_pem.as_bytes())?;
         write_private(&cert, chain_pem.as_bytes())?;
@@ -805,7 +841,10 @@ impl fmt::Display for AcmeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AcmeError::InvalidDomain(name) => {
-                write!(f, "{name:?} is not a domain name a certificate can be issued for")
+                write!(
+                    f,
+                    "{name:?} is not a domain name a certificate can be issued for"
+                )
             }
             AcmeError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             AcmeError::Http { url, message } => write!(f, "cannot reach {url}: {message}"),
@@ -854,7 +893,8 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("portcullis-acme-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-acme-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }
@@ -878,7 +918,10 @@ mod tests {
         let dir = temp_dir("key");
         let cache = Cache::open(&dir).expect("open");
         let key = cache.account_key().expect("create");
-        let mode = fs::metadata(dir.join("account.key")).expect("stat").permissions().mode();
+        let mode = fs::metadata(dir.join("account.key"))
+            .expect("stat")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let again = cache.account_key().expect("load");
         assert_eq!(key.key_authorization("t"), again.key_authorization("t"));
@@ -894,7 +937,10 @@ mod tests {
         let cert = params.self_signed(&key).expect("cert");
         let renew = renew_time(cert.pem().as_bytes()).expect("validity");
         let (before, _) = der::validity(cert.der()).expect("validity");
-        assert_eq!(renew.duration_since(before).expect("after"), Duration::from_secs(4 * 86_400));
+        assert_eq!(
+            renew.duration_since(before).expect("after"),
+            Duration::from_secs(4 * 86_400)
+        );
     }
 
     #[test]
@@ -903,9 +949,15 @@ mod tests {
         let der = cert.cert[0].as_ref();
         // id-pe-acmeIdentifier 1.3.6.1.5.5.7.1.31, critical, OCTET STRING of the digest.
         let oid = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x1f];
-        let at = der.windows(oid.len()).position(|w| w == oid).expect("extension present");
+        let at = der
+            .windows(oid.len())
+            .position(|w| w == oid)
+            .expect("extension present");
         let digest = sha256(b"token.thumb");
         assert!(der[at..].windows(32).any(|w| w == digest.as_slice()));
-        assert_eq!(&der[at + oid.len()..at + oid.len() + 3], &[0x01, 0x01, 0xff]);
+        assert_eq!(
+            &der[at + oid.len()..at + oid.len() + 3],
+            &[0x01, 0x01, 0xff]
+        );
     }
 }
