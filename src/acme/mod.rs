@@ -30,14 +30,17 @@
 //! use portcullis::{Body, HttpsRedirect, Response, Server};
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // Bind first: the CA may validate as soon as `start` returns.
+//!     let https = Server::bind("[::]:443")?;
+//!     let http = Server::bind("[::]:80")?;
 //!     let acme = Acme::new(["example.com", "www.example.com"], "/var/cache/portcullis-acme")
 //!         .contact_email("admin@example.com")
 //!         .challenge(Challenge::TlsAlpn01)
 //!         .start()?;
 //!     // Port 80: redirects to HTTPS (and HTTP-01 tokens, if that challenge is chosen).
-//!     let redirect = Server::bind("[::]:80")?
-//!         .spawn_service(HttpsRedirect::new(443).acme_challenge_dir(acme.http01_dir()))?;
-//!     Server::bind("[::]:443")?
+//!     let redirect =
+//!         http.spawn_service(HttpsRedirect::new(443).acme_challenge_dir(acme.http01_dir()))?;
+//!     https
 //!         .tls(acme.tls_config())
 //!         .serve(|_req, _info| Response::new(Body::from("Hello over HTTPS\n")))?;
 //!     redirect.shutdown()?;
@@ -229,7 +232,9 @@ impl Acme {
     /// Checks the settings, loads the account key and cached certificates (creating the
     /// cache directory and key if needed), and starts the background thread that obtains
     /// and renews certificates. Returns at once: certificates not in the cache are
-    /// obtained in the background, while a self-signed placeholder stands in.
+    /// obtained in the background, while a self-signed placeholder stands in. The first
+    /// order starts at once, so bind the listeners (`Server::bind`) before calling it: a
+    /// validation that finds no listener fails and is retried only after the back-off.
     ///
     /// Errors: no or invalid domain names, a cache directory or account key that cannot
     /// be created or read, an unreadable `directory_ca` file.
