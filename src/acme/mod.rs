@@ -470,11 +470,11 @@ impl Worker {
                     Err(error) => {
                         client = None;
                         state.failures = state.failures.saturating_add(1);
-                        let backoff = self
-                            .settings
-                            .retry_min
-                            .saturating_mul(1 << state.failures.saturating_sub(1).min(16))
-                            .min(self.settings.retry_max);
+                        let backoff = retry_delay(
+                            self.settings.retry_min,
+                            self.settings.retry_max,
+                            state.failures,
+                        );
                         state.next_attempt = SystemTime::now() + backoff;
                         tracing::warn!(
                             domain = %domain,
@@ -630,6 +630,12 @@ fn placeholder(domain: &str) -> Result<TlsConfig, AcmeError> {
         cert.pem().as_bytes(),
         key.serialize_pem().as_bytes(),
     )?)
+}
+
+/// The wait after the `failures`-th failure in a row: `min`, doubling, at most `max`.
+fn retry_delay(min: Duration, max: Duration, failures: u32) -> Duration {
+    min.saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(max)
 }
 
 /// When to renew a chain: when a third of its leaf's lifetime is left.
@@ -931,6 +937,16 @@ mod tests {
         let again = cache.account_key().expect("load");
         assert_eq!(key.key_authorization("t"), again.key_authorization("t"));
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_the_cap() {
+        let (min, max) = (Duration::from_secs(60), Duration::from_secs(3600));
+        let waits: Vec<u64> = (1..=9)
+            .map(|n| retry_delay(min, max, n).as_secs())
+            .collect();
+        assert_eq!(waits, [60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]);
+        assert_eq!(retry_delay(min, max, u32::MAX), max);
     }
 
     #[test]
