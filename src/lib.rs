@@ -35,6 +35,7 @@
 
 #[cfg(feature = "acme")]
 pub mod acme;
+mod activation;
 mod body;
 mod conn;
 pub mod files;
@@ -49,9 +50,10 @@ mod signals;
 mod tls;
 mod worker;
 
+pub use activation::listen_fds;
 pub use body::{Body, Chunks};
 pub use bytes::Bytes;
-pub use conn::{ConnectionInfo, Protocol, TlsVersion};
+pub use conn::{ConnectionInfo, InvalidNetwork, IpNetwork, Protocol, ProxyProtocol, TlsVersion};
 pub use files::StaticFiles;
 pub use http;
 pub use limits::Limits;

@@ -176,7 +176,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
     fn call(&self, request: http::Request<Incoming>) -> ResponseFuture {
         let protocol = self.info.protocol();
         let (parts, incoming) = request.into_parts();
-        let mut log = AccessLog::new(&parts, self.watch.request_started());
+        let mut log = AccessLog::new(&parts, self.info.peer_addr(), self.watch.request_started());
         if let Some(problem) = malformed(&parts) {
             // As nginx and Go do; answered here, no worker involved.
             tracing::info!(problem, "bad request");
@@ -814,6 +814,8 @@ fn plain_response(
 /// One line of access log, written when the response body is done. It also holds the
 /// request's place among the connection's requests in flight.
 struct AccessLog {
+    /// The client (from the PROXY header behind a load balancer).
+    client: Option<std::net::SocketAddr>,
     method: Method,
     uri: Uri,
     status: StatusCode,
@@ -825,8 +827,13 @@ struct AccessLog {
 }
 
 impl AccessLog {
-    fn new(parts: &http::request::Parts, in_flight: InFlight) -> AccessLog {
+    fn new(
+        parts: &http::request::Parts,
+        client: std::net::SocketAddr,
+        in_flight: InFlight,
+    ) -> AccessLog {
         AccessLog {
+            client: Some(client),
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             status: StatusCode::OK,
@@ -840,6 +847,7 @@ impl AccessLog {
     /// For a request whose log went with a job that never ran.
     fn unknown() -> AccessLog {
         AccessLog {
+            client: None,
             method: Method::GET,
             uri: Uri::default(),
             status: StatusCode::OK,
@@ -853,6 +861,7 @@ impl AccessLog {
     fn finish(&self, outcome: &str) {
         tracing::info!(
             target: "portcullis::access",
+            client = self.client.map(tracing::field::display),
             method = %self.method,
             path = self.uri.path(),
             status = self.status.as_u16(),
