@@ -175,6 +175,9 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
 
     fn call(&self, request: http::Request<Incoming>) -> ResponseFuture {
         let protocol = self.info.protocol();
+        // Starting a request spends the poll's budget too (pipelined HTTP/1 requests
+        // already in hyper's buffer cost no read): see `reactor::coop`.
+        crate::reactor::coop::spend(crate::reactor::coop::REQUEST_COST);
         let (parts, incoming) = request.into_parts();
         let mut log = AccessLog::new(&parts, self.watch.request_started());
         if let Some(problem) = malformed(&parts) {

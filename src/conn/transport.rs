@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::reactor::ReadyStream;
+use crate::reactor::{coop, ReadyStream};
 use bytes::{Buf, Bytes};
 use hyper::rt::ReadBufCursor;
 use rustls::ServerConnection;
@@ -181,13 +181,29 @@ fn send_alert(tls: &mut ServerConnection, socket: &mut dyn Write) {
 impl<S: Socket> hyper::rt::Read for Transport<S> {
     fn poll_read(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
         mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        // The poll's budget (see `reactor::coop`): once spent, the task goes behind the
+        // others, whatever the peer keeps sending.
+        if coop::poll_proceed(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let before = buf.remaining();
+        let result = this.read_into(&mut buf);
+        coop::spend(before - buf.remaining());
+        result
+    }
+}
+
+impl<S: Socket> Transport<S> {
+    /// One read for hyper, at most [`MAX_READ`] bytes.
+    fn read_into(&mut self, buf: &mut ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+        let this = self;
         if !this.sniffed.is_empty() {
             let n = this.sniffed.len().min(buf.remaining());
             buf.put_slice(&this.sniffed[..n]);

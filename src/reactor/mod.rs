@@ -6,6 +6,7 @@
 //! task once at once (the request may already be in the socket). From then on every
 //! readiness event for the token wakes the task, and the task retries its I/O.
 
+pub(crate) mod coop;
 pub(crate) mod leader;
 pub(crate) mod task;
 pub(crate) mod timer;

@@ -184,6 +184,9 @@ pub(crate) struct Executor {
     run_queue: Arc<RunQueue>,
     /// Tasks made ready by I/O events, to poll next.
     ready: Vec<Arc<TaskId>>,
+    /// Tasks whose last poll spent its budget (`coop`): polled again on the next call of
+    /// [`Executor::run_ready`], after the tasks that I/O events made ready since.
+    yielded: Vec<Arc<TaskId>>,
     /// Scratch buffers of `run_ready`, kept so that the hot path does not allocate.
     polling: Vec<Arc<TaskId>>,
     spawned: Vec<BoxFuture>,
@@ -195,6 +198,7 @@ impl Executor {
             tasks: Slab::new(),
             run_queue,
             ready: Vec::new(),
+            yielded: Vec::new(),
             polling: Vec::new(),
             spawned: Vec::new(),
         }
@@ -247,7 +251,7 @@ impl Executor {
 
     /// Whether tasks wait to be polled because of I/O events.
     pub(crate) fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
+        !self.ready.is_empty() || !self.yielded.is_empty()
     }
 
     /// Adds a task under [`Executor::next_key`] and polls it once. True if it was a
@@ -287,6 +291,9 @@ impl Executor {
         let mut ready = std::mem::take(&mut self.polling);
         let mut spawned = std::mem::take(&mut self.spawned);
         let mut polls = 0;
+        // Tasks that gave up their last poll for want of budget come after those that
+        // I/O events made ready meanwhile.
+        self.ready.append(&mut self.yielded);
         while polls < TASK_POLLS_PER_IO_CHECK {
             self.run_queue.take_spawned(&mut spawned);
             for future in spawned.drain(..) {
@@ -329,7 +336,11 @@ impl Executor {
             return false;
         };
         let mut cx = Context::from_waker(&task.waker);
+        super::coop::reset();
         if task.future.as_mut().poll(&mut cx).is_pending() {
+            if super::coop::take_yielded() && task.id.mark_queued() {
+                self.yielded.push(task.id.clone());
+            }
             return false;
         }
         self.tasks.remove(key).is_connection
