@@ -61,7 +61,8 @@ pub struct Limits {
     /// Default 240 bytes/s, as Kestrel (`MinRequestBodyDataRate`).
     pub min_request_body_rate: u64,
 
-    /// Time before [`min_request_body_rate`](Limits::min_request_body_rate) applies.
+    /// Time before [`min_request_body_rate`](Limits::min_request_body_rate) and
+    /// [`min_response_body_rate`](Limits::min_response_body_rate) apply.
     ///
     /// Default 5 s, as Kestrel.
     pub min_rate_grace: Duration,
@@ -81,6 +82,18 @@ pub struct Limits {
     /// Default 60 s, as nginx (`send_timeout`, also measured between two writes);
     /// Kestrel uses a minimum rate of 240 bytes/s instead.
     pub send_timeout: Duration,
+
+    /// Slowest average rate, in bytes per second, at which a client must take a streamed
+    /// response body ([`Body::from_reader`](crate::Body::from_reader), static files) once
+    /// [`min_rate_grace`](Limits::min_rate_grace) has passed. Only time during which the
+    /// server had data ready and the client's socket or HTTP/2 window held it back counts.
+    /// Below it the HTTP/2 stream is reset, or the HTTP/1 connection closed, and a
+    /// `tracing` event says why. Stops slow readers and window trickling, which would
+    /// otherwise keep a response's buffers alive for ever. 0 disables it (the
+    /// [`send_timeout`](Limits::send_timeout) still applies).
+    ///
+    /// Default 240 bytes/s, as Kestrel (`MinResponseDataRate`).
+    pub min_response_body_rate: u64,
 
     /// HTTP/2: send a PING after this long without frames from the client, and close the
     /// connection if it is not answered within
@@ -165,6 +178,7 @@ impl Default for Limits {
             min_rate_grace: Duration::from_secs(5),
             buffered_body_limit: 64 * 1024,
             send_timeout: Duration::from_secs(60),
+            min_response_body_rate: 240,
             http2_keep_alive_interval: None,
             http2_keep_alive_timeout: Duration::from_secs(20),
             max_request_header_bytes: 32 * 1024,

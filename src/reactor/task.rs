@@ -142,24 +142,6 @@ impl Wake for TaskId {
     }
 }
 
-/// hyper's executor for HTTP/2 stream futures: they run as tasks on the reactor that
-/// drives their connection, inside the connection's tracing span.
-#[derive(Clone)]
-pub(crate) struct Spawner {
-    pub(crate) run_queue: Arc<RunQueue>,
-}
-
-impl<F> hyper::rt::Executor<F> for Spawner
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, future: F) {
-        use tracing::Instrument;
-        self.run_queue
-            .spawn(Box::pin(future.instrument(tracing::Span::current())));
-    }
-}
-
 /// How many task polls run before the reactor looks at the sockets again (tokio's
 /// scheduler checks its I/O driver every 61 tasks; 16 measured best here). Bounded by
 /// polls, not rounds: while workers keep finishing handlers every round finds tasks to
