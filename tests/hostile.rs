@@ -269,3 +269,234 @@ fn h1_pipelining_never_read_does_not_starve_other_connections() {
     );
     server.shutdown().expect("shutdown");
 }
+
+/// A server whose `/big` streams 64 MiB from a reader and whose other paths answer `ok`,
+/// with 4 workers, a 1 s grace before the minimum response rate and a 3 s send timeout.
+fn streaming_server() -> portcullis::ServerHandle {
+    let mut limits = portcullis::Limits::default();
+    limits.max_workers = 4;
+    limits.min_rate_grace = Duration::from_secs(1);
+    limits.send_timeout = Duration::from_secs(3);
+    tls_server()
+        .limits(limits)
+        .spawn(|req, _info| {
+            if req.uri().path() == "/big" {
+                Response::new(Body::from_reader(io::repeat(b'x').take(64 << 20)))
+            } else {
+                Response::new(Body::from("ok"))
+            }
+        })
+        .expect("spawn")
+}
+
+/// HPACK for `GET https://localhost{path}`, every field a literal without indexing.
+fn get_headers(path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x87]; // :method GET, :scheme https (static table)
+    block.push(0x04); // :path, literal value
+    block.push(path.len() as u8);
+    block.extend_from_slice(path.as_bytes());
+    block.push(0x01); // :authority, literal value
+    block.push(9);
+    block.extend_from_slice(b"localhost");
+    block
+}
+
+/// Opens an HTTP/2 connection that announces a zero initial window and requests `/big`
+/// on `streams` streams.
+fn zero_window_connection(addr: SocketAddr, streams: u32) -> Tls {
+    let mut tls = connect(addr, ALPN_H2).expect("connect (h2)");
+    let mut out = H2_PREFACE.to_vec();
+    out.extend(settings(&[(0x4, 0)])); // SETTINGS_INITIAL_WINDOW_SIZE = 0
+    for i in 0..streams {
+        // END_STREAM | END_HEADERS
+        out.extend(frame(0x1, 0x5, 2 * i + 1, &get_headers("/big")));
+    }
+    tls.write_all(&out).expect("write requests");
+    tls.flush().expect("flush");
+    tls
+}
+
+/// Reads frames until `streams` streams were reset (RST_STREAM) or `limit` passed; returns
+/// how many were reset. Answers the server's SETTINGS so that it applies ours.
+fn count_resets(tls: &mut Tls, streams: usize, limit: Duration) -> usize {
+    let _ = tls.sock.set_read_timeout(Some(Duration::from_millis(200)));
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let mut scratch = [0u8; 16 * 1024];
+    let mut reset = 0;
+    while reset < streams && started.elapsed() < limit {
+        match tls.read(&mut scratch) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&scratch[..n]),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                continue
+            }
+            Err(_) => break,
+        }
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            if kind == 0x3 {
+                reset += 1;
+            }
+            if kind == 0x4 && flags & 0x1 == 0 {
+                let _ = tls.write_all(&frame(0x4, 0x1, 0, &[]));
+            }
+            buf.drain(..9 + len);
+        }
+    }
+    reset
+}
+
+/// 3 HTTP/2 connections announce a zero window and request a 64 MiB streamed body on 20
+/// streams each, 15 times the 4 workers. The workers must stay free (the bodies are pulled,
+/// not pushed), legitimate requests fast, and every stalled stream reset by the send
+/// timeout (3 s): the client takes nothing of the chunk it was handed.
+#[test]
+fn h2_zero_window_streams_hold_no_worker_and_are_reset() {
+    let server = streaming_server();
+    let addr = addr(&server);
+    let started = Instant::now();
+    let mut attackers: Vec<Tls> = (0..3).map(|_| zero_window_connection(addr, 20)).collect();
+    thread::sleep(Duration::from_millis(300));
+    let stats = server.worker_stats();
+    let during = legit_latencies(addr, 10);
+    eprintln!(
+        "zero window: workers {stats:?} 300 ms in; legitimate median {:?}, max {:?}",
+        median(&during),
+        during[during.len() - 1]
+    );
+    assert_eq!(stats.busy, 0, "workers held by zero-window streams: {stats:?}");
+    assert!(
+        during[during.len() - 1] < Duration::from_secs(2),
+        "legitimate requests slowed down: {during:?}"
+    );
+    for (i, tls) in attackers.iter_mut().enumerate() {
+        let reset = count_resets(tls, 20, Duration::from_secs(10));
+        let after = started.elapsed();
+        eprintln!("connection {i}: {reset} streams reset after {after:?}");
+        assert_eq!(reset, 20, "stalled streams not reset after {after:?}");
+        assert!(
+            after >= Duration::from_millis(2500) && after < Duration::from_secs(6),
+            "streams reset after {after:?}, not near the 3 s send timeout"
+        );
+    }
+    let after = server.worker_stats();
+    assert_eq!(after.busy, 0, "{after:?}");
+    server.shutdown().expect("shutdown");
+}
+
+/// An HTTP/2 client that opens its window by 16 KiB every 2 s (8 KiB/s, below a minimum
+/// of 16 KiB/s set for the test; the send timeout is 60 s, so only the rate can cut it) is
+/// reset soon after the 1 s grace.
+#[test]
+fn h2_window_trickle_below_the_minimum_rate_is_reset() {
+    let mut limits = portcullis::Limits::default();
+    limits.min_rate_grace = Duration::from_secs(1);
+    limits.min_response_body_rate = 16 * 1024;
+    let server = tls_server()
+        .limits(limits)
+        .spawn(|_req, _info| Response::new(Body::from_reader(io::repeat(b'x').take(64 << 20))))
+        .expect("spawn");
+    let addr = addr(&server);
+    let mut tls = zero_window_connection(addr, 1);
+    let started = Instant::now();
+    let _ = tls.sock.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut scratch = [0u8; 16 * 1024];
+    let mut buf = Vec::new();
+    let mut reset_after = None;
+    let mut data = 0usize;
+    let mut next_grant = Instant::now();
+    while started.elapsed() < Duration::from_secs(15) && reset_after.is_none() {
+        if Instant::now() >= next_grant {
+            let _ = tls.write_all(&frame(0x8, 0, 1, &(16u32 * 1024).to_be_bytes()));
+            next_grant += Duration::from_secs(2);
+        }
+        match tls.read(&mut scratch) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&scratch[..n]),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            match (buf[3], buf[4]) {
+                (0x0, _) => data += len,
+                (0x3, _) => reset_after = Some(started.elapsed()),
+                (0x4, flags) if flags & 0x1 == 0 => {
+                    let _ = tls.write_all(&frame(0x4, 0x1, 0, &[]));
+                }
+                _ => {}
+            }
+            buf.drain(..9 + len);
+        }
+    }
+    eprintln!("trickle: {data} bytes of DATA, reset after {reset_after:?}");
+    let reset_after = reset_after.expect("the trickling stream was never reset");
+    assert!(
+        reset_after >= Duration::from_millis(900) && reset_after < Duration::from_secs(8),
+        "reset after {reset_after:?}, not near the 1 s grace"
+    );
+    server.shutdown().expect("shutdown");
+}
+
+/// 20 HTTP/1.1 clients with a 4 KiB receive buffer request 64 MiB and never read. The 4
+/// workers stay free, legitimate requests fast, and each stalled connection is cut.
+#[test]
+fn h1_slow_readers_hold_no_worker_and_are_cut() {
+    let server = streaming_server();
+    let addr = addr(&server);
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(10))
+            .expect("connect");
+        let tcp: TcpStream = socket.into();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let name = ServerName::try_from("localhost").expect("server name");
+        let conn = ClientConnection::new(client_config(ALPN_H1), name).expect("client");
+        let mut tls = StreamOwned::new(conn, tcp);
+        tls.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("request");
+        tls.flush().expect("flush");
+        stalled.push(tls);
+    }
+    let started = Instant::now();
+    thread::sleep(Duration::from_millis(500));
+    let stats = server.worker_stats();
+    let during = legit_latencies(addr, 10);
+    eprintln!(
+        "slow readers: workers {stats:?}; legitimate median {:?}, max {:?}",
+        median(&during),
+        during[during.len() - 1]
+    );
+    assert_eq!(stats.busy, 0, "workers held by slow readers: {stats:?}");
+    assert!(
+        during[during.len() - 1] < Duration::from_secs(2),
+        "legitimate requests slowed down: {during:?}"
+    );
+    // Cut by the send timeout (3 s) or the minimum rate (after the 1 s grace): once cut, a
+    // reader gets what was in flight and then the end, far short of 64 MiB.
+    thread::sleep(Duration::from_secs(4).saturating_sub(started.elapsed()));
+    for tls in &mut stalled {
+        let mut total = 0usize;
+        let mut scratch = [0u8; 64 * 1024];
+        loop {
+            match tls.read(&mut scratch) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+        assert!(total < 16 << 20, "{total} bytes arrived: the reader was not cut");
+    }
+    server.shutdown().expect("shutdown");
+}
