@@ -486,7 +486,7 @@ fn h1_slow_readers_hold_no_worker_and_are_cut() {
     );
     // Cut by the send timeout (3 s) or the minimum rate (after the 1 s grace): once cut, a
     // reader gets what was in flight and then the end, far short of 64 MiB.
-    thread::sleep(Duration::from_secs(4).saturating_sub(started.elapsed()));
+    thread::sleep(Duration::from_secs(7).saturating_sub(started.elapsed()));
     for tls in &mut stalled {
         let mut total = 0usize;
         let mut scratch = [0u8; 64 * 1024];
