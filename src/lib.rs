@@ -21,7 +21,7 @@
 //! on the thread that read it, and another thread takes the reactor over if the handler
 //! blocks (leader/followers); a request with a streaming body goes to a pool of worker
 //! threads, and its body streams between the two through bounded pipes. An idle or slow
-//! connection costs memory, never a thread. See the README for the path of a
+//! connection costs memory, never a thread. See `docs/architecture.md` for the path of a
 //! connection and [`Limits`] for every timeout and limit.
 //!
 //! For production HTTPS, [`TlsConfig`] picks certificates by server name
@@ -43,6 +43,7 @@ mod reactor;
 mod redirect;
 mod server;
 mod service;
+mod signals;
 mod tls;
 mod worker;
 
@@ -58,3 +59,13 @@ pub use server::{Protocols, Server, ServerHandle};
 pub use service::{Request, Response, Service};
 pub use tls::{CertReloader, TlsConfig, TlsError, SESSION_CACHE_SIZE};
 pub use worker::PoolStats;
+
+/// The README's code blocks, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+/// The code blocks of `docs/https.md`, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/https.md")]
+pub struct HttpsDocDoctests;

@@ -68,6 +68,7 @@ pub struct Server {
     tls: Option<TlsConfig>,
     protocols: Protocols,
     limits: Limits,
+    shutdown_on_signals: bool,
 }
 
 impl Server {
@@ -114,6 +115,7 @@ impl Server {
             tls: None,
             protocols: Protocols::default(),
             limits: Limits::default(),
+            shutdown_on_signals: true,
         }
     }
 
@@ -149,8 +151,24 @@ impl Server {
             .collect()
     }
 
-    /// Serves `handler` on the calling thread until the process ends. Use
-    /// [`spawn`](Server::spawn) to be able to shut down.
+    /// Whether [`serve`](Server::serve) shuts down gracefully on `SIGINT` (Ctrl-C) and
+    /// `SIGTERM` (what systemd, Docker and Kubernetes send): on by default. See
+    /// [`ServerHandle::shutdown_on_signals`]. Turn it off when the application handles
+    /// these signals itself.
+    ///
+    /// ```
+    /// let server = portcullis::Server::bind("127.0.0.1:0")?.shutdown_on_signals(false);
+    /// # let _ = server;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn shutdown_on_signals(mut self, on: bool) -> Server {
+        self.shutdown_on_signals = on;
+        self
+    }
+
+    /// Serves `handler` on the calling thread until `SIGINT` or `SIGTERM`, then shuts
+    /// down gracefully (see [`ServerHandle::shutdown`]) and returns `Ok(())`; a second
+    /// signal ends the process at once. Use [`spawn`](Server::spawn) to keep the thread.
     pub fn serve<F>(self, handler: F) -> io::Result<()>
     where
         F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
@@ -158,9 +176,14 @@ impl Server {
         self.serve_service(handler)
     }
 
-    /// Serves a [`Service`] on the calling thread until the process ends.
+    /// Serves a [`Service`] on the calling thread, as [`serve`](Server::serve) does.
     pub fn serve_service<S: Service>(self, service: S) -> io::Result<()> {
-        self.spawn_service(service)?.join()
+        let on_signals = self.shutdown_on_signals;
+        let handle = self.spawn_service(service)?;
+        if on_signals {
+            handle.shutdown_on_signals()?;
+        }
+        handle.join()
     }
 
     /// Starts serving `handler` on a background reactor thread.
@@ -304,6 +327,33 @@ impl ServerHandle {
     /// Worker pool figures right now.
     pub fn worker_stats(&self) -> PoolStats {
         self.pool.stats()
+    }
+
+    /// Begins a graceful shutdown (as [`shutdown`](ServerHandle::shutdown)) when the
+    /// process gets `SIGINT` or `SIGTERM`; a second signal ends the process at once with
+    /// status 128 + the signal number (130, 143). Returns at once; [`join`](ServerHandle::join)
+    /// then returns `Ok(())` when the server has drained. [`Server::serve`] does this
+    /// itself.
+    ///
+    /// The handlers are installed process-wide on first use (`sigaction`), so every
+    /// server that asked is shut down by the same signal.
+    ///
+    /// ```no_run
+    /// use portcullis::{Body, Response, Server};
+    ///
+    /// let handle = Server::bind("127.0.0.1:8080")?
+    ///     .spawn(|_req, _info| Response::new(Body::from("hi")))?;
+    /// handle.shutdown_on_signals()?;
+    /// handle.join()?; // returns after Ctrl-C, once in-flight requests are done
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn shutdown_on_signals(&self) -> io::Result<()> {
+        let reactor = Arc::downgrade(&self.reactor);
+        crate::signals::on_shutdown_signal(Box::new(move || {
+            if let Some(reactor) = reactor.upgrade() {
+                reactor.begin_shutdown();
+            }
+        }))
     }
 
     /// Begins the graceful shutdown described at [`shutdown`](ServerHandle::shutdown)

@@ -54,7 +54,8 @@ flags:
   --send-timeout SECS      longest wait for the client to read (default 60)
   --drain-timeout SECS     graceful shutdown deadline (default 30)
 SIGHUP re-reads the --cert/--key and --sni files; a bad file is logged and the old
-certificates stay in use.";
+certificates stay in use. SIGINT (Ctrl-C) or SIGTERM shuts down gracefully: in-flight
+requests finish within --drain-timeout; a second signal exits at once.";
 
 impl Args {
     /// Reads `std::env::args`, exiting with a usage message on a bad flag.
@@ -129,7 +130,8 @@ impl Args {
 
     /// Binds, configures TLS, spawns the server and prints the `listening on` line; with
     /// `--redirect-from`, also the plain-HTTP redirect listener. With TLS, SIGHUP reloads
-    /// the certificates.
+    /// the certificates. SIGINT and SIGTERM shut the servers down gracefully, and the
+    /// handle's `join` then returns `Ok(())`.
     pub fn start<F>(&self, handler: F) -> std::io::Result<ServerHandle>
     where
         F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
@@ -145,6 +147,9 @@ impl Args {
             server = server.tls(tls);
         }
         let handle = server.spawn(handler)?;
+        // Ctrl-C or SIGTERM: stop accepting, finish in-flight requests (up to
+        // --drain-timeout), and let `join` return; a second signal exits at once.
+        handle.shutdown_on_signals()?;
         let scheme = if self.plain { "http" } else { "https" };
         for addr in handle.local_addrs() {
             println!("listening on {scheme}://{addr}");
@@ -155,6 +160,7 @@ impl Args {
                 redirect = redirect.acme_challenge_dir(dir);
             }
             let redirect = Server::bind(from.as_str())?.spawn_service(redirect)?;
+            redirect.shutdown_on_signals()?;
             for addr in redirect.local_addrs() {
                 println!("redirecting from http://{addr}");
             }
