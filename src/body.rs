@@ -638,7 +638,11 @@ impl Pull {
         source.scheduled = true;
         drop(source);
         let this = self.clone();
-        if self.pool.try_execute(Box::new(move || this.produce())).is_err() {
+        if self
+            .pool
+            .try_execute(Box::new(move || this.produce()))
+            .is_err()
+        {
             tracing::warn!("all workers busy and the queue is full; response body cut short");
             self.lock().body = None;
             self.pipe.finish(Err(io::Error::other(

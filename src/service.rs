@@ -874,7 +874,7 @@ pub(crate) struct ResponseBody {
     /// hyper then sends `Content-Length` rather than chunks.
     length: Option<u64>,
     /// Streamed bodies: the client's pace, held to the send timeout and minimum rate.
-    pace: Option<ResponsePace>,
+    pace: Option<Box<ResponsePace>>,
 }
 
 impl ResponseBody {
@@ -894,7 +894,7 @@ impl ResponseBody {
             log,
             complete: false,
             length: None,
-            pace: Some(ResponsePace::new(rate)),
+            pace: Some(Box::new(ResponsePace::new(rate))),
         }
     }
 
@@ -904,7 +904,7 @@ impl ResponseBody {
             log,
             complete: false,
             length: None,
-            pace: Some(ResponsePace::new(rate)),
+            pace: Some(Box::new(ResponsePace::new(rate))),
         }
     }
 

@@ -328,7 +328,12 @@ fn count_resets(tls: &mut Tls, streams: usize, limit: Duration) -> usize {
         match tls.read(&mut scratch) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&scratch[..n]),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 continue
             }
             Err(_) => break,
@@ -369,7 +374,10 @@ fn h2_zero_window_streams_hold_no_worker_and_are_reset() {
         median(&during),
         during[during.len() - 1]
     );
-    assert_eq!(stats.busy, 0, "workers held by zero-window streams: {stats:?}");
+    assert_eq!(
+        stats.busy, 0,
+        "workers held by zero-window streams: {stats:?}"
+    );
     assert!(
         during[during.len() - 1] < Duration::from_secs(2),
         "legitimate requests slowed down: {during:?}"
@@ -418,7 +426,11 @@ fn h2_window_trickle_below_the_minimum_rate_is_reset() {
         match tls.read(&mut scratch) {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&scratch[..n]),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => break,
         }
         while buf.len() >= 9 {
@@ -496,7 +508,10 @@ fn h1_slow_readers_hold_no_worker_and_are_cut() {
                 Ok(n) => total += n,
             }
         }
-        assert!(total < 16 << 20, "{total} bytes arrived: the reader was not cut");
+        assert!(
+            total < 16 << 20,
+            "{total} bytes arrived: the reader was not cut"
+        );
     }
     server.shutdown().expect("shutdown");
 }

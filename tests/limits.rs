@@ -684,9 +684,11 @@ fn client_that_never_reads_is_dropped_and_its_worker_freed() {
         let sent = Instant::now();
         // The response is pulled: the only worker fills the pipe once and goes back to
         // the pool while the client does not read.
-        wait_for(Duration::from_secs(3), "busy == 0 (worker held by a non-reader)", || {
-            stats.worker_stats().busy == 0
-        })
+        wait_for(
+            Duration::from_secs(3),
+            "busy == 0 (worker held by a non-reader)",
+            || stats.worker_stats().busy == 0,
+        )
         .await;
         let free_after = sent.elapsed();
 

@@ -396,11 +396,9 @@ async fn drive<C: GracefulShutdown>(
                     Next::SendStalled => {
                         return Poll::Ready(End::Cut("send timeout: the client stopped reading"))
                     }
-                    Next::ResponseTooSlow => {
-                        return Poll::Ready(End::Cut(
-                            "the client takes the response below the minimum data rate or not at all",
-                        ))
-                    }
+                    Next::ResponseTooSlow => return Poll::Ready(End::Cut(
+                        "the client takes the response below the minimum data rate or not at all",
+                    )),
                     Next::CloseGrace => {
                         return Poll::Ready(End::Cut("did not close within the grace period"))
                     }
