@@ -515,3 +515,33 @@ fn h1_slow_readers_hold_no_worker_and_are_cut() {
     }
     server.shutdown().expect("shutdown");
 }
+
+/// Plain HTTP sent to the TLS port gets a plain-text `400` saying the port speaks HTTPS
+/// (as nginx and Go answer), not a TLS alert that curl shows as "HTTP/0.9"; then the
+/// connection closes. A real TLS client on the same server still works.
+#[test]
+fn plain_http_on_the_tls_port_gets_a_400_in_plain_text() {
+    let server = tls_server()
+        .spawn(|_req, _info| Response::new(Body::from("ok")))
+        .expect("spawn");
+    let addr = addr(&server);
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("write");
+    let mut reply = Vec::new();
+    let _ = tcp.read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        text.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "reply: {text:?}"
+    );
+    assert!(text.ends_with("this port speaks HTTPS, not plain HTTP; use https://\n"));
+
+    let reply = common::curl(addr, false, "/", &[]);
+    assert_eq!(reply.status, 400, "curl: {}", reply.stderr);
+    assert!(String::from_utf8_lossy(&reply.body).contains("speaks HTTPS"));
+
+    assert_eq!(h1_get(addr, "/").expect("TLS request"), 200);
+    server.shutdown().expect("shutdown");
+}

@@ -55,6 +55,10 @@ pub(crate) struct Transport<S> {
     /// Bytes already read while sniffing for the h2c preface, served before the socket.
     sniffed: Bytes,
     close_notify_sent: bool,
+    /// The first bytes the client sent, kept during the handshake to recognise plain HTTP
+    /// sent to the TLS port.
+    first: [u8; 8],
+    first_len: u8,
     /// Told when writes stall on a full socket and when they move again (send timeout).
     watch: Arc<ConnectionWatch>,
 }
@@ -74,6 +78,8 @@ impl<S: Socket> Transport<S> {
             tls: tls.map(Box::new),
             sniffed: Bytes::new(),
             close_notify_sent: false,
+            first: [0; 8],
+            first_len: 0,
             watch,
         }
     }
@@ -100,7 +106,12 @@ impl<S: Socket> Transport<S> {
             if !tls.is_handshaking() {
                 return Poll::Ready(Ok(()));
             }
-            match tls.read_tls(&mut self.socket) {
+            let mut recording = Recording {
+                socket: &mut self.socket,
+                first: &mut self.first,
+                first_len: &mut self.first_len,
+            };
+            match tls.read_tls(&mut recording) {
                 Ok(0) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -109,6 +120,17 @@ impl<S: Socket> Transport<S> {
                 }
                 Ok(_) => {
                     if let Err(error) = tls.process_new_packets() {
+                        let seen = &self.first[..usize::from(self.first_len)];
+                        if looks_like_http(seen) {
+                            // As nginx and Go: a plain-text answer the client can show,
+                            // rather than an alert it reads as HTTP/0.9.
+                            let _ = self.socket.write(PLAIN_HTTP_ANSWER);
+                            let _ = self.socket.shutdown_write();
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "plain HTTP sent to the TLS port; answered 400",
+                            )));
+                        }
                         send_alert(tls, &mut self.socket);
                         return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, error)));
                     }
@@ -166,6 +188,41 @@ impl<S: Socket> Transport<S> {
             }
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// The answer to plain HTTP on a TLS port.
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Content-Length: 70\r\n\
+Connection: close\r\n\r\n\
+400 Bad Request: this port speaks HTTPS, not plain HTTP; use https://\n";
+
+/// Whether the first bytes of a connection are the start of an HTTP/1 request line: a
+/// method token of capital letters, then a space. (A TLS record starts with a content
+/// type byte below 0x20, so the two cannot be confused.)
+fn looks_like_http(first: &[u8]) -> bool {
+    let Some(space) = first.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    space >= 3 && first[..space].iter().all(u8::is_ascii_uppercase)
+}
+
+/// A reader that keeps the first bytes read through it.
+struct Recording<'a, S> {
+    socket: &'a mut S,
+    first: &'a mut [u8; 8],
+    first_len: &'a mut u8,
+}
+
+impl<S: Read> Read for Recording<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.socket.read(buf)?;
+        let have = usize::from(*self.first_len);
+        let take = n.min(self.first.len() - have);
+        self.first[have..have + take].copy_from_slice(&buf[..take]);
+        *self.first_len += take as u8;
+        Ok(n)
     }
 }
 
@@ -345,5 +402,22 @@ impl<S: Socket> hyper::rt::Write for Transport<S> {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
             Err(e) => Poll::Ready(Err(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_recognised_and_tls_is_not() {
+        assert!(looks_like_http(b"GET / HT"));
+        assert!(looks_like_http(b"OPTIONS "));
+        assert!(!looks_like_http(b"\x16\x03\x01\x02\x00\x01\x00\x01"));
+        assert!(!looks_like_http(b"get / HT"));
+        assert!(!looks_like_http(b"GE"));
+        let text = std::str::from_utf8(PLAIN_HTTP_ANSWER).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
     }
 }
