@@ -254,8 +254,28 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
 }
 
 /// What hyper lets through but a request must not have: RFC 9112 §3.2 requires exactly
-/// one `Host` header in an HTTP/1.1 request.
+/// one `Host` header in an HTTP/1.1 request; §6.1 and §6.3 make any `Transfer-Encoding`
+/// but one final `chunked` a framing error, and portcullis (as Go) accepts no coding but
+/// `chunked`, so that two parsers can never disagree on where the body ends.
 fn malformed(parts: &http::request::Parts) -> Option<&'static str> {
+    if parts.version <= http::Version::HTTP_11 {
+        let mut codings = parts
+            .headers
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter();
+        if let Some(coding) = codings.next() {
+            if codings.next().is_some() {
+                return Some("400 Bad Request: more than one Transfer-Encoding header\n");
+            }
+            if !coding
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked")
+            {
+                return Some("400 Bad Request: Transfer-Encoding must be chunked alone\n");
+            }
+        }
+    }
     if parts.version == http::Version::HTTP_11 {
         let mut hosts = parts.headers.get_all(http::header::HOST).iter();
         match (hosts.next(), hosts.next()) {

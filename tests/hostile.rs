@@ -545,3 +545,82 @@ fn plain_http_on_the_tls_port_gets_a_400_in_plain_text() {
     assert_eq!(h1_get(addr, "/").expect("TLS request"), 200);
     server.shutdown().expect("shutdown");
 }
+
+/// Sends `request` on a fresh HTTP/1.1 TLS connection and returns everything the server
+/// wrote until it closed (or 10 s passed).
+fn h1_raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut tls = connect(addr, ALPN_H1).expect("connect");
+    tls.write_all(request).expect("write");
+    tls.flush().expect("flush");
+    let mut reply = Vec::new();
+    let mut scratch = [0u8; 4096];
+    loop {
+        match tls.read(&mut scratch) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.extend_from_slice(&scratch[..n]),
+        }
+    }
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+/// A server whose handler reads the whole request body: `200 read N` or, when the read
+/// fails, `400`.
+fn body_reading_server() -> portcullis::ServerHandle {
+    tls_server()
+        .spawn(|mut req, _info| {
+            let mut body = Vec::new();
+            match req.body_mut().read_to_end(&mut body) {
+                Ok(n) => Response::new(Body::from(format!("read {n}\n"))),
+                Err(error) => {
+                    let mut response = Response::new(Body::from(format!("{error}\n")));
+                    *response.status_mut() = portcullis::http::StatusCode::BAD_REQUEST;
+                    response
+                }
+            }
+        })
+        .expect("spawn")
+}
+
+/// RFC 9112 §6.1 and §6.3: a `Transfer-Encoding` other than one `chunked` (here
+/// `identity, chunked`, and `chunked` twice) is refused with `400` and the connection
+/// closes; a single `chunked` is fine.
+#[test]
+fn ambiguous_transfer_encoding_is_refused() {
+    let server = body_reading_server();
+    let addr = addr(&server);
+    let ok = h1_raw(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok:?}");
+    assert!(ok.ends_with("read 3\n"), "{ok:?}");
+    for request in [
+        &b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: identity, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    ] {
+        let started = Instant::now();
+        let reply = h1_raw(addr, request);
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
+        assert!(reply.contains("connection: close"), "{reply:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "not closed");
+    }
+    server.shutdown().expect("shutdown");
+}
+
+/// Malformed chunk framing before any response head went out gets `400`, then the
+/// connection closes.
+#[test]
+fn malformed_chunk_framing_gets_a_400() {
+    let server = body_reading_server();
+    let addr = addr(&server);
+    for request in [
+        &b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n",
+    ] {
+        let started = Instant::now();
+        let reply = h1_raw(addr, request);
+        assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "not closed");
+    }
+    server.shutdown().expect("shutdown");
+}
