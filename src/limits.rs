@@ -133,12 +133,25 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
 
     /// Most connections open at once. When it is reached the server stops accepting (new
-    /// clients wait in the kernel's backlog) and resumes as soon as one closes.
+    /// clients wait in the kernel's backlog) and, as nginx does, asks the connection that
+    /// has been idle longest (no request in flight) to close (HTTP/2: GOAWAY; HTTP/1: closed
+    /// between requests); accepting resumes as soon as one closes.
     ///
     /// Default 10 000: nginx's is `worker_connections` (512) per worker process, Go and
     /// Kestrel have no limit. An idle connection costs portcullis memory only, about the
     /// size of rustls' buffers.
     pub max_connections: usize,
+
+    /// Most connections open at once from one IP address, counted from `accept` (TLS
+    /// handshakes included). Beyond it new connections from that address are closed at
+    /// once, so that one client cannot take [`max_connections`](Limits::max_connections)
+    /// for itself.
+    ///
+    /// Default 1 000, a tenth of `max_connections`: no one address can fill the server,
+    /// while a large NAT (an office, a carrier-grade NAT) with a few hundred active browsers
+    /// at up to 6 HTTP/1.1 connections each still fits. nginx (`limit_conn`) and Kestrel
+    /// have no default; lower it if your clients are not behind NATs.
+    pub max_connections_per_ip: usize,
 
     /// Most handlers running at once: on worker threads, or inline on a reactor thread (a
     /// complete request's handler runs on the thread that read it; see the README). The
@@ -185,6 +198,7 @@ impl Default for Limits {
             max_request_headers: 100,
             max_concurrent_streams: 100,
             max_connections: 10_000,
+            max_connections_per_ip: 1_000,
             max_workers: 512,
             max_queued_requests: 1024,
             worker_idle_timeout: Duration::from_secs(10),

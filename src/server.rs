@@ -224,6 +224,7 @@ impl Server {
             self.listeners,
             ReactorConfig {
                 max_connections: limits.max_connections.max(1),
+                max_connections_per_ip: limits.max_connections_per_ip.max(1),
                 drain_timeout: limits.drain_timeout,
             },
         )?;

@@ -22,6 +22,14 @@ use tokio_rustls::rustls::{ClientConnection, StreamOwned};
 
 type Tls = StreamOwned<ClientConnection, TcpStream>;
 
+/// The tests in this file measure latencies under attack: they run one at a time, so that
+/// one test's flood is not another's noise.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// TCP connect and a complete TLS handshake offering `alpn`, every step under 10 s.
@@ -142,6 +150,7 @@ impl Drop for Attack {
 /// New TLS connections with a request each must keep completing quickly beside them.
 #[test]
 fn h2_frame_flood_does_not_starve_other_connections() {
+    let _serial = serial();
     let server = tls_server()
         .spawn(|_req, _info| Response::new(Body::from("ok")))
         .expect("spawn");
@@ -222,6 +231,7 @@ fn h2_frame_flood_does_not_starve_other_connections() {
 /// response. New TLS connections with a request each must keep completing quickly.
 #[test]
 fn h1_pipelining_never_read_does_not_starve_other_connections() {
+    let _serial = serial();
     let server = tls_server()
         .spawn(|_req, _info| Response::new(Body::from("ok")))
         .expect("spawn");
@@ -277,6 +287,7 @@ fn streaming_server() -> portcullis::ServerHandle {
     limits.max_workers = 4;
     limits.min_rate_grace = Duration::from_secs(1);
     limits.send_timeout = Duration::from_secs(3);
+    limits.drain_timeout = Duration::from_secs(2);
     tls_server()
         .limits(limits)
         .spawn(|req, _info| {
@@ -362,6 +373,7 @@ fn count_resets(tls: &mut Tls, streams: usize, limit: Duration) -> usize {
 /// timeout (3 s): the client takes nothing of the chunk it was handed.
 #[test]
 fn h2_zero_window_streams_hold_no_worker_and_are_reset() {
+    let _serial = serial();
     let server = streaming_server();
     let addr = addr(&server);
     let started = Instant::now();
@@ -402,9 +414,11 @@ fn h2_zero_window_streams_hold_no_worker_and_are_reset() {
 /// reset soon after the 1 s grace.
 #[test]
 fn h2_window_trickle_below_the_minimum_rate_is_reset() {
+    let _serial = serial();
     let mut limits = portcullis::Limits::default();
     limits.min_rate_grace = Duration::from_secs(1);
     limits.min_response_body_rate = 16 * 1024;
+    limits.drain_timeout = Duration::from_secs(2);
     let server = tls_server()
         .limits(limits)
         .spawn(|_req, _info| Response::new(Body::from_reader(io::repeat(b'x').take(64 << 20))))
@@ -462,6 +476,7 @@ fn h2_window_trickle_below_the_minimum_rate_is_reset() {
 /// workers stay free, legitimate requests fast, and each stalled connection is cut.
 #[test]
 fn h1_slow_readers_hold_no_worker_and_are_cut() {
+    let _serial = serial();
     let server = streaming_server();
     let addr = addr(&server);
     let mut stalled = Vec::new();
@@ -521,6 +536,7 @@ fn h1_slow_readers_hold_no_worker_and_are_cut() {
 /// connection closes. A real TLS client on the same server still works.
 #[test]
 fn plain_http_on_the_tls_port_gets_a_400_in_plain_text() {
+    let _serial = serial();
     let server = tls_server()
         .spawn(|_req, _info| Response::new(Body::from("ok")))
         .expect("spawn");
@@ -586,6 +602,7 @@ fn body_reading_server() -> portcullis::ServerHandle {
 /// closes; a single `chunked` is fine.
 #[test]
 fn ambiguous_transfer_encoding_is_refused() {
+    let _serial = serial();
     let server = body_reading_server();
     let addr = addr(&server);
     let ok = h1_raw(
@@ -611,6 +628,7 @@ fn ambiguous_transfer_encoding_is_refused() {
 /// connection closes.
 #[test]
 fn malformed_chunk_framing_gets_a_400() {
+    let _serial = serial();
     let server = body_reading_server();
     let addr = addr(&server);
     for request in [
@@ -622,5 +640,115 @@ fn malformed_chunk_framing_gets_a_400() {
         assert!(reply.starts_with("HTTP/1.1 400"), "{reply:?}");
         assert!(started.elapsed() < Duration::from_secs(5), "not closed");
     }
+    server.shutdown().expect("shutdown");
+}
+
+/// Reads HTTP/2 frames until one of type `kind` arrives (true) or the connection ends or
+/// `limit` passes (false).
+fn await_frame(tls: &mut Tls, kind: u8, limit: Duration) -> bool {
+    let _ = tls.sock.set_read_timeout(Some(Duration::from_millis(100)));
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let mut scratch = [0u8; 16 * 1024];
+    while started.elapsed() < limit {
+        match tls.read(&mut scratch) {
+            Ok(0) => return false,
+            Ok(n) => buf.extend_from_slice(&scratch[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return false,
+        }
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            if buf[3] == kind {
+                return true;
+            }
+            if buf[3] == 0x4 && buf[4] & 0x1 == 0 {
+                let _ = tls.write_all(&frame(0x4, 0x1, 0, &[]));
+            }
+            buf.drain(..9 + len);
+        }
+    }
+    false
+}
+
+/// An HTTP/2 connection that has said hello and then sits idle.
+fn idle_h2(addr: SocketAddr) -> Tls {
+    let mut tls = connect(addr, ALPN_H2).expect("connect (h2)");
+    let mut out = H2_PREFACE.to_vec();
+    out.extend(settings(&[]));
+    tls.write_all(&out).expect("preface");
+    tls.flush().expect("flush");
+    tls
+}
+
+/// At `max_connections` (3 here), the connection idle longest gets GOAWAY and closes so
+/// that a new client is served at once, instead of waiting for an idle timeout (75 s).
+#[test]
+fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
+    let _serial = serial();
+    let mut limits = portcullis::Limits::default();
+    limits.max_connections = 3;
+    limits.drain_timeout = Duration::from_secs(2);
+    let server = tls_server()
+        .limits(limits)
+        .spawn(|_req, _info| Response::new(Body::from("ok")))
+        .expect("spawn");
+    let addr = addr(&server);
+    let mut oldest = idle_h2(addr);
+    thread::sleep(Duration::from_millis(200));
+    let _second = idle_h2(addr);
+    let _third = idle_h2(addr);
+    thread::sleep(Duration::from_millis(200));
+
+    let started = Instant::now();
+    assert_eq!(h1_get(addr, "/").expect("new client"), 200);
+    let waited = started.elapsed();
+    eprintln!("a new client at the limit was served after {waited:?}");
+    assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+    assert!(
+        await_frame(&mut oldest, 0x7, Duration::from_secs(5)),
+        "the longest-idle connection got no GOAWAY"
+    );
+    server.shutdown().expect("shutdown");
+}
+
+/// `max_connections_per_ip` (3 here) counts connections from `accept`, handshakes
+/// included: a fourth connection from the same address is closed before its handshake,
+/// and one is accepted again once a place is free.
+#[test]
+fn connections_per_ip_are_limited_from_accept() {
+    let _serial = serial();
+    let mut limits = portcullis::Limits::default();
+    limits.max_connections_per_ip = 3;
+    let server = tls_server()
+        .limits(limits)
+        .spawn(|_req, _info| Response::new(Body::from("ok")))
+        .expect("spawn");
+    let addr = addr(&server);
+    // Two that never start their handshake, one that finished it.
+    let silent: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect"))
+        .collect();
+    let done = connect(addr, ALPN_H1).expect("third connection");
+    thread::sleep(Duration::from_millis(200));
+    let refused = connect(addr, ALPN_H1);
+    assert!(
+        refused.is_err(),
+        "a fourth connection from one address got through"
+    );
+    drop(silent);
+    drop(done);
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(h1_get(addr, "/").expect("after places freed"), 200);
     server.shutdown().expect("shutdown");
 }

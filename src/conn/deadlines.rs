@@ -28,15 +28,18 @@ pub(crate) enum AbortReason {
     TooManyHandlers,
     /// HTTP/2: the client reset more requests than it let finish (rapid reset).
     ResetFlood,
+    /// The server is at `max_connections` and this connection has been idle longest.
+    MakeRoom,
 }
 
 impl AbortReason {
     /// Every reason, in discriminant order (for decoding the atomic).
-    const ALL: [AbortReason; 4] = [
+    const ALL: [AbortReason; 5] = [
         AbortReason::BodyTooSlow,
         AbortReason::SendStalled,
         AbortReason::TooManyHandlers,
         AbortReason::ResetFlood,
+        AbortReason::MakeRoom,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -45,6 +48,7 @@ impl AbortReason {
             AbortReason::SendStalled => "client stopped reading the response",
             AbortReason::TooManyHandlers => "too many handlers in flight (streams reset)",
             AbortReason::ResetFlood => "client reset more requests than it let finish",
+            AbortReason::MakeRoom => "idle longest while the server is at max_connections",
         }
     }
 }
@@ -397,4 +401,14 @@ pub(crate) fn report_response_cut(at: Option<Instant>) {
 /// Called by the task around its poll: the report of the body polled meanwhile, if any.
 pub(crate) fn take_response_cut() -> Option<Option<Instant>> {
     RESPONSE_CUT.with(|cut| cut.take())
+}
+
+impl crate::reactor::Evictable for ConnectionWatch {
+    fn idle_since(&self) -> Option<Instant> {
+        ConnectionWatch::idle_since(self)
+    }
+
+    fn evict(&self) {
+        self.abort(AbortReason::MakeRoom);
+    }
 }

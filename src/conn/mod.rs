@@ -204,6 +204,7 @@ async fn run<S: Socket>(ctx: Arc<ServerContext>, socket: S, peer: SocketAddr, lo
         return;
     };
     tracing::Span::current().record("protocol", tracing::field::display(protocol));
+    transport.set_evictable(watch.clone());
     let info = ConnectionInfo::new(peer, local, protocol, transport.tls());
     let dispatch = Dispatch::new(ctx.clone(), info, watch.clone());
     let end = match protocol {
@@ -339,7 +340,11 @@ async fn drive<C: GracefulShutdown>(
         };
         match watch.aborted() {
             None => {}
-            Some(reason @ (AbortReason::TooManyHandlers | AbortReason::ResetFlood)) => {
+            Some(
+                reason @ (AbortReason::TooManyHandlers
+                | AbortReason::ResetFlood
+                | AbortReason::MakeRoom),
+            ) => {
                 begin_graceful(Some(reason.as_str()));
                 cut_at.get_or_insert_with(|| timer.now() + CLOSE_GRACE);
             }

@@ -40,11 +40,18 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub(crate) trait Socket: Read + Write + Send + Unpin + 'static {
     /// Closes the writing half (after the last response, or after close_notify).
     fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// The connection serves HTTP: the reactor may close it when idle to make room.
+    fn set_evictable(&self, _watch: Arc<ConnectionWatch>) {}
 }
 
 impl Socket for ReadyStream {
     fn shutdown_write(&mut self) -> io::Result<()> {
         ReadyStream::shutdown_write(self)
+    }
+
+    fn set_evictable(&self, watch: Arc<ConnectionWatch>) {
+        ReadyStream::set_evictable(self, watch);
     }
 }
 
@@ -82,6 +89,11 @@ impl<S: Socket> Transport<S> {
             first_len: 0,
             watch,
         }
+    }
+
+    /// See [`Socket::set_evictable`].
+    pub(crate) fn set_evictable(&self, watch: Arc<ConnectionWatch>) {
+        self.socket.set_evictable(watch);
     }
 
     /// The rustls session, after the handshake.

@@ -222,6 +222,29 @@ impl Executor {
         }
     }
 
+    /// Asks the connection that has been idle longest to close (see
+    /// [`super::Evictable`]); false if none is idle.
+    pub(crate) fn evict_longest_idle(&mut self) -> bool {
+        let mut longest: Option<(std::time::Instant, &Arc<dyn super::Evictable>)> = None;
+        for (_, task) in self.tasks.iter() {
+            let Some(evictable) = task.readiness.as_ref().and_then(|r| r.evictable.get()) else {
+                continue;
+            };
+            if let Some(since) = evictable.idle_since() {
+                if longest.is_none_or(|(oldest, _)| since < oldest) {
+                    longest = Some((since, evictable));
+                }
+            }
+        }
+        match longest {
+            Some((_, evictable)) => {
+                evictable.evict();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Makes every task ready (shutdown: each connection begins to close).
     pub(crate) fn mark_all_ready(&mut self) {
         for (_, task) in self.tasks.iter() {
