@@ -2,7 +2,9 @@
 # Builds every cargo-fuzz target and runs each for FUZZ_SECONDS (default 60) from its
 # seeds (fuzz/seeds/<target>) and regression inputs (fuzz/regressions/<target>), two at a
 # time. Fails if any target crashes, leaks, hangs or breaks an invariant of the harness
-# (src/fuzzing.rs). Prints one line per target. Run by .ci/run; usable by hand:
+# (src/fuzzing.rs), if the set of targets is not the four expected, or if a target prints
+# no final libFuzzer statistics (it did not really fuzz). Prints one line per target. Run by
+# .ci/run; usable by hand:
 #   bash fuzz/smoke.sh                 FUZZ_SECONDS=10 bash fuzz/smoke.sh
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,6 +14,14 @@ export RUSTC_BOOTSTRAP=1 # cargo-fuzz passes nightly flags (-Zsanitizer); the to
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "installing cargo-fuzz"
   cargo install cargo-fuzz --version 0.13.2 --locked --quiet
+fi
+mapfile -t targets < <(cd fuzz_targets && ls -1 -- *.rs | sed 's/\.rs$//')
+# The four targets fuzz/README.md describes: a target that disappears (or is renamed) must
+# not shrink the smoke run silently.
+expected=(http1_connection http2_connection tls_handshake tls_http)
+if [ "${targets[*]}" != "${expected[*]}" ]; then
+  echo "FAIL fuzz targets: found (${targets[*]}), expected (${expected[*]})"
+  exit 1
 fi
 cargo fuzz build 2>&1 | tail -n 1
 
@@ -27,8 +37,8 @@ run_target() {
     -artifact_prefix="$work/$target-" >"$work/$target.log" 2>&1
 }
 
-mapfile -t targets < <(cd fuzz_targets && ls -1 -- *.rs | sed 's/\.rs$//')
 failed=0
+ran=0
 for ((i = 0; i < ${#targets[@]}; i += 2)); do
   pids=()
   for target in "${targets[@]:i:2}"; do
@@ -40,7 +50,15 @@ for ((i = 0; i < ${#targets[@]}; i += 2)); do
     if wait "$pid"; then
       stats=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$work/$target.log" | tail -n 1 |
         sed -E 's/^#([0-9]+)[[:space:]]+DONE[[:space:]]+cov: ([0-9]+) ft: ([0-9]+).*exec\/s: ([0-9]+).*/\1 runs, \4 exec\/s, cov \2, ft \3/')
-      echo "ok   fuzz $target: ${seconds} s, ${stats:-no stats}"
+      # libFuzzer's final "#N DONE" line (and at least one execution) proves it fuzzed.
+      if [ -z "$stats" ] || [[ ! "$stats" =~ ^[1-9][0-9]*\ runs ]]; then
+        failed=1
+        echo "FAIL fuzz $target: exited 0 but printed no final statistics (no '#N DONE cov: ...' line); last lines:"
+        tail -n 20 "$work/$target.log"
+        continue
+      fi
+      ran=$((ran + 1))
+      echo "ok   fuzz $target: ${seconds} s, $stats"
     else
       failed=1
       echo "FAIL fuzz $target: see below"
@@ -51,4 +69,9 @@ for ((i = 0; i < ${#targets[@]}; i += 2)); do
     fi
   done
 done
+if [ "$failed" = 0 ] && [ "$ran" != "${#expected[@]}" ]; then
+  echo "FAIL fuzz: $ran of ${#expected[@]} targets ran with statistics"
+  failed=1
+fi
+echo "fuzz smoke: $ran of ${#expected[@]} targets ran with statistics"
 exit "$failed"

@@ -307,3 +307,69 @@ fn emfile_backs_off_without_spinning_and_recovers() {
         }
     }
 }
+
+/// At start the server raises its soft `RLIMIT_NOFILE` to the hard limit (as Go does), so
+/// that a soft limit of 1024 does not cap it at ~1000 connections: a child started with
+/// soft 64 and hard 256 runs with 256 once it listens.
+#[test]
+fn soft_nofile_limit_is_raised_to_the_hard_limit_at_start() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return;
+    }
+    const SOFT: u32 = 64;
+    const HARD: u32 = 256;
+    let exe = std::env::current_exe().expect("current exe");
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn {SOFT} && ulimit -Hn {HARD} && \
+             echo \"before: $(ulimit -Sn) $(ulimit -Hn)\" >&2 && exec \"$0\" \"$@\""
+        ))
+        .arg(&exe)
+        .args(["--exact", "emfile_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = ChildGuard(command.spawn().expect("start the child server"));
+    let pid = child.0.id();
+    let stdout = child.0.stdout.take().expect("child stdout");
+    let (port_tx, port_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(PORT_PREFIX) {
+                let _ = port_tx.send(());
+            }
+        }
+    });
+    let mut stderr = child.0.stderr.take().expect("child stderr");
+    let (log_tx, log_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        let _ = log_tx.send(log);
+    });
+    let listening = port_rx.recv_timeout(Duration::from_secs(30));
+    let limits = nofile_limits(pid);
+    drop(child.0.stdin.take());
+    let _ = child.0.wait();
+    let log = log_rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_default();
+    assert!(
+        listening.is_ok(),
+        "the child server did not start; its log:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("before: {SOFT} {HARD}")),
+        "the child did not start with soft {SOFT}, hard {HARD}:\n{log}"
+    );
+    assert_eq!(
+        limits,
+        format!("{HARD} {HARD}"),
+        "the server's open-file limit (soft hard) once listening"
+    );
+}

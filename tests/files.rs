@@ -607,8 +607,10 @@ fn path_traversal_is_refused_with_404() {
 
 /// The resident set size of process `pid`, in bytes.
 fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
+    // No silent 0: a memory bound checked against a failed read would pass vacuously.
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let kib = status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| {
@@ -618,8 +620,9 @@ fn rss_bytes(pid: u32) -> u64 {
                 .parse::<u64>()
                 .ok()
         })
-        .unwrap_or(0)
-        * 1024
+        .unwrap_or_else(|| panic!("{path} has no readable VmRSS line:\n{status}"));
+    assert!(kib > 0, "{path}: VmRSS is 0 kB");
+    kib * 1024
 }
 
 const PROBE_ROOT: &str = "PORTCULLIS_FILES_PROBE_ROOT";
@@ -704,10 +707,13 @@ fn large_file_streams_intact_with_bounded_memory() {
     let sampler = {
         let (peak, done) = (peak.clone(), done.clone());
         std::thread::spawn(move || {
+            let mut samples = 0u64;
             while !done.load(Ordering::Relaxed) {
                 peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
+                samples += 1;
                 std::thread::sleep(Duration::from_millis(2));
             }
+            samples
         })
     };
     block_on(async move {
@@ -746,10 +752,15 @@ fn large_file_streams_intact_with_bounded_memory() {
         }
     });
     done.store(true, Ordering::Relaxed);
-    sampler.join().expect("sampler");
+    let samples = sampler.join().expect("sampler");
+    assert!(
+        samples >= 10,
+        "only {samples} RSS samples while streaming: the memory bound is unchecked"
+    );
     let grew = peak.load(Ordering::Relaxed).saturating_sub(baseline);
     eprintln!(
-        "server RSS: {} KiB before, grew by at most {} KiB while streaming 2 x 32 MiB",
+        "server RSS: {} KiB before, grew by at most {} KiB while streaming 2 x 32 MiB \
+         ({samples} samples)",
         baseline / 1024,
         grew / 1024
     );

@@ -81,26 +81,49 @@ fn quick_requests_run_on_the_reactor_thread_without_a_worker() {
     let handle = Arc::new(handle);
     let stats = handle.clone();
     block_on(async move {
+        assert_eq!(
+            stats.worker_stats().threads,
+            0,
+            "a worker thread exists before any request"
+        );
+        let mut all_inline = true;
         for version in [Version::HTTP_11, Version::HTTP_2] {
             let mut client = Client::connect_tls(addr, version).await;
-            let mut on_reactor = 0;
+            let mut elsewhere = Vec::new();
             for i in 0..50 {
                 let reply = client
                     .get(&format!("/thread/{i}"))
                     .await
                     .expect("GET /thread");
                 assert_eq!(reply.status, StatusCode::OK);
-                if reply.text() == "portcullis-reactor" {
-                    on_reactor += 1;
+                if reply.text() != "portcullis-reactor" {
+                    elsewhere.push(reply.text());
                 }
             }
-            // Inline unless the machine was so busy that a run looked like blocking.
+            // A preempted run twice within 100 ms sends the route to the pool for a while
+            // (the two-strike rule), so a very busy machine may move a few; a regression
+            // that dispatches quick requests to the pool moves all of them.
             assert!(
-                on_reactor >= 10,
-                "{version:?}: {on_reactor} of 50 ran inline"
+                elsewhere.len() <= 5,
+                "{version:?}: {} of 50 quick requests ran off the reactor, on {elsewhere:?}",
+                elsewhere.len()
+            );
+            all_inline &= elsewhere.is_empty();
+        }
+        // Every request ran on the reactor: then no worker thread was ever started (an idle
+        // worker lives for worker_idle_timeout, 10 s, longer than this test).
+        if all_inline {
+            assert_eq!(
+                stats.worker_stats().threads,
+                0,
+                "every handler ran on the reactor, yet a worker thread was started"
+            );
+        } else {
+            eprintln!(
+                "note: some quick requests ran on a worker (busy machine); worker stats {:?}",
+                stats.worker_stats()
             );
         }
-        let _ = stats.worker_stats();
     });
     let handle = Arc::into_inner(handle).expect("sole owner");
     stop(handle);
@@ -122,6 +145,7 @@ fn a_blocked_handler_does_not_stall_other_connections() {
                 .await
                 .unwrap();
             let mut client = Client::connect_tls(addr, version).await;
+            let mut took = Vec::new();
             for i in 0..20 {
                 let started = Instant::now();
                 let reply = within(
@@ -132,12 +156,18 @@ fn a_blocked_handler_does_not_stall_other_connections() {
                 .await
                 .expect("GET quick");
                 assert_eq!(reply.status, StatusCode::OK);
-                assert!(
-                    started.elapsed() < Duration::from_secs(2),
-                    "{version:?}: quick request {i} took {:?}",
-                    started.elapsed()
-                );
+                took.push(started.elapsed());
             }
+            // The README says about a millisecond; the median allows a loaded 2-core machine
+            // 20 times that, and the slowest one preemption, while anything that waits for
+            // the blocked handler (up to its 10 s gate) or for a poll timeout crosses them.
+            took.sort();
+            let (median, slowest) = (took[took.len() / 2], took[took.len() - 1]);
+            assert!(
+                median < Duration::from_millis(20) && slowest < Duration::from_millis(500),
+                "{version:?}: quick requests beside a blocked handler took median {median:?}, \
+                 slowest {slowest:?} (limits 20 ms, 500 ms)"
+            );
             assert!(!blocked.is_finished(), "the gated handler did not wait");
             // The same connection's other streams (HTTP/2) are served too.
             if version == Version::HTTP_2 {

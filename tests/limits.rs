@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use hyper::body::Bytes;
 use hyper::{StatusCode, Version};
 use portcullis::{Body, ConnectionInfo, Limits, Request, Response, ServerHandle};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -724,6 +725,15 @@ fn client_that_never_reads_is_dropped_and_its_worker_freed() {
             "{} bytes arrived: the response was not cut",
             closed.total
         );
+        // send_timeout is 1 s: the worker is free, and the second request answered, 1 to
+        // 2 s after the client stopped reading (measured 1.01 s alone, 2.02 s beside the
+        // other tests: the stall is seen on the connection's next deadline check), and
+        // before 2.6 s; a doubled timeout took 4.0 s.
+        assert!(
+            free_after < Duration::from_millis(2600) && second_after < Duration::from_millis(2600),
+            "worker freed after {free_after:?}, second request answered after \
+             {second_after:?}; send_timeout 1 s"
+        );
     });
     let handle = Arc::into_inner(handle).expect("sole owner of the handle");
     stop(handle);
@@ -1253,19 +1263,255 @@ fn http2_client_not_answering_pings_is_closed() {
              ({ended}); frame types {frames:?}"
         );
         let first_ping = first_ping.expect("no PING from the server");
+        // The first PING after the 300 ms interval, the close when its 500 ms timeout has
+        // passed: about 800 ms. Neither sooner (a timer that fires early) nor much later.
         assert!(
-            first_ping < Duration::from_secs(2),
-            "first PING after {first_ping:?}"
+            first_ping >= Duration::from_millis(270) && first_ping < Duration::from_millis(1300),
+            "first PING after {first_ping:?}, interval 300 ms"
         );
         assert!(
-            closed_after < Duration::from_secs(4),
-            "closed only after {closed_after:?}"
+            closed_after >= first_ping + Duration::from_millis(450)
+                && closed_after < Duration::from_millis(2000),
+            "closed after {closed_after:?}, first PING after {first_ping:?}, timeout 500 ms"
         );
         // A client that answers pings is served.
         assert_eq!(
             get_tls(addr, Version::HTTP_2, "/").await.status,
             StatusCode::OK
         );
+    });
+    stop(handle);
+}
+
+// ---------------------------------------------------------------------------------------
+// 13: the body rules in isolation
+// ---------------------------------------------------------------------------------------
+
+/// Only time spent waiting for the client counts toward the body rate: a handler that
+/// pauses between reads (here 8 × 300 ms, far longer than the 200 ms grace and than the
+/// 0.5 s a 512 KiB body is allowed at 1 MB/s) still reads the whole body of a client that
+/// sent it at once.
+#[test]
+fn body_rate_counts_only_time_spent_waiting_for_the_client() {
+    let mut limits = Limits::default();
+    limits.min_request_body_rate = 1_000_000;
+    limits.min_rate_grace = Duration::from_millis(200);
+    limits.request_body_timeout = Duration::from_secs(5);
+    let handle = spawn_limited(limits, |req: Request, _info: ConnectionInfo| {
+        let mut body = req.into_body();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut total = 0usize;
+        let mut pauses = 0;
+        loop {
+            match body.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => return Response::new(Body::from(format!("read failed: {:?}", e.kind()))),
+            }
+            if pauses < 8 && total >= (pauses + 1) * 64 * 1024 {
+                pauses += 1;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        Response::new(Body::from(format!("read {total} bytes, {pauses} pauses")))
+    });
+    let addr = addr(&handle);
+    block_on(async move {
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let body = Bytes::from(vec![b'b'; 512 * 1024]);
+            let started = Instant::now();
+            let reply = within(
+                Duration::from_secs(15),
+                "the slow-reading handler",
+                post_tls(addr, version, "/upload", body),
+            )
+            .await;
+            eprintln!(
+                "{version:?}: {} {:?} after {:?}",
+                reply.status,
+                reply.text(),
+                started.elapsed()
+            );
+            assert_eq!(reply.status, StatusCode::OK, "{version:?}");
+            assert_eq!(reply.text(), "read 524288 bytes, 8 pauses", "{version:?}");
+        }
+    });
+    stop(handle);
+}
+
+/// `request_body_timeout` on its own (the rate rule off): a body that stops arriving
+/// fails the handler's read with `TimedOut` at the timeout, not before and not much after;
+/// a small body that stops gets 408 at the timeout.
+#[test]
+fn request_body_timeout_alone_cuts_a_stalled_body_at_the_timeout() {
+    let outcome = Arc::new(BodyOutcome::default());
+    let mut limits = Limits::default();
+    limits.min_request_body_rate = 0;
+    limits.request_body_timeout = Duration::from_millis(1500);
+    let handle = spawn_limited(limits, {
+        let outcome = outcome.clone();
+        move |req: Request, _info: ConnectionInfo| {
+            outcome.calls.fetch_add(1, Ordering::SeqCst);
+            let mut body = Vec::new();
+            let result = req.into_body().read_to_end(&mut body).map_err(|e| e.kind());
+            *outcome.result.lock().unwrap() = Some((result, Instant::now()));
+            Response::new(Body::from("read"))
+        }
+    });
+    let addr = addr(&handle);
+    block_on(async move {
+        for (content_length, what) in [(1usize << 20, "large"), (100, "small")] {
+            let mut stream = tls_connect(addr, ALPN_H1).await.expect("TLS connect");
+            let head = format!(
+                "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {content_length}\r\n\r\nabc"
+            );
+            stream.write_all(head.as_bytes()).await.expect("write head");
+            stream.flush().await.expect("flush");
+            let sent = Instant::now();
+            let closed =
+                read_until_closed(&mut stream, Duration::from_secs(8), "the server to close").await;
+            let closed_after = closed.at - sent;
+            eprintln!(
+                "{what} stalled body, rate rule off: {:?} ({}) after {closed_after:?}",
+                head_of(&closed.received),
+                closed.how
+            );
+            if what == "large" {
+                wait_for(Duration::from_secs(2), "the handler's read to end", || {
+                    outcome.result.lock().unwrap().is_some()
+                })
+                .await;
+                let (result, at) = outcome.result.lock().unwrap().take().expect("result");
+                let failed_after = at - sent;
+                assert_eq!(result, Err(io::ErrorKind::TimedOut), "{what}");
+                assert!(
+                    failed_after >= Duration::from_millis(1350)
+                        && failed_after < Duration::from_millis(2500),
+                    "{what}: the read failed after {failed_after:?}, timeout 1.5 s"
+                );
+            } else {
+                assert_eq!(status_of(&closed.received), Some(408), "{what}");
+                assert_eq!(
+                    outcome.calls.load(Ordering::SeqCst),
+                    1,
+                    "the handler was called for the small body"
+                );
+            }
+            assert!(
+                closed_after >= Duration::from_millis(1350)
+                    && closed_after < Duration::from_millis(3000),
+                "{what}: closed after {closed_after:?}, timeout 1.5 s"
+            );
+        }
+    });
+    stop(handle);
+}
+
+// ---------------------------------------------------------------------------------------
+// 14: handlers per HTTP/2 connection
+// ---------------------------------------------------------------------------------------
+
+/// A reset stream cannot stop its blocking handler, so handlers per connection are capped
+/// at `max_concurrent_streams`: a client that resets its streams and opens more gets `503`
+/// for the one past the cap, and GOAWAY, while no more than the cap ever run.
+#[test]
+fn handlers_beyond_max_concurrent_streams_get_503_and_goaway() {
+    const CAP: usize = 4;
+    let mut limits = Limits::default();
+    limits.max_concurrent_streams = CAP as u32;
+    limits.max_workers = 16;
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handle = spawn_limited(limits, {
+        let (running, peak, calls) = (running.clone(), peak.clone(), calls.clone());
+        move |req: Request, info: ConnectionInfo| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(1500));
+            running.fetch_sub(1, Ordering::SeqCst);
+            ok_handler(req, info)
+        }
+    });
+    let addr = addr(&handle);
+    block_on(async move {
+        let mut stream = h2_open(addr).await;
+        let block = hpack_get("localhost");
+        // CAP streams; once their handlers run, each is reset: the handlers keep running.
+        let ids: Vec<u32> = (0..CAP as u32).map(|i| 1 + 2 * i).collect();
+        let mut batch = Vec::new();
+        for &id in &ids {
+            batch.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &block));
+        }
+        stream.write_all(&batch).await.expect("write streams");
+        stream.flush().await.expect("flush");
+        wait_for(
+            Duration::from_secs(3),
+            "the first handlers to start",
+            || running.load(Ordering::SeqCst) == CAP,
+        )
+        .await;
+        let mut resets = Vec::new();
+        for &id in &ids {
+            resets.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+        }
+        stream.write_all(&resets).await.expect("write resets");
+        stream.flush().await.expect("flush");
+        // Let the server process the resets before the next streams.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Two more streams while those run.
+        let started = Instant::now();
+        let mut more = Vec::new();
+        for id in [1 + 2 * CAP as u32, 3 + 2 * CAP as u32] {
+            more.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &block));
+        }
+        stream.write_all(&more).await.expect("write more streams");
+        stream.flush().await.expect("flush");
+        let (mut statuses, mut goaway, mut first_503) = (Vec::new(), None, None);
+        let ended = within(Duration::from_secs(6), "the connection to end", async {
+            loop {
+                match read_frame(&mut stream).await {
+                    Ok(f) if f.kind == HEADERS => {
+                        let status = response_status(&f.payload);
+                        if status == Some(503) && first_503.is_none() {
+                            first_503 = Some(started.elapsed());
+                        }
+                        statuses.push((f.stream, status));
+                    }
+                    Ok(f) if f.kind == GOAWAY => {
+                        goaway.get_or_insert(f.goaway());
+                    }
+                    Ok(_) => {}
+                    Err(e) => return e.to_string(),
+                }
+            }
+        })
+        .await;
+        eprintln!(
+            "cap {CAP}: responses {statuses:?}, first 503 after {first_503:?}, GOAWAY \
+             {goaway:?}, connection ended ({ended}); handler calls {}, peak running {}",
+            calls.load(Ordering::SeqCst),
+            peak.load(Ordering::SeqCst)
+        );
+        assert!(
+            statuses
+                .iter()
+                .any(|&(id, s)| id == 1 + 2 * CAP as u32 && s == Some(503)),
+            "no 503 for the stream past the cap: {statuses:?}"
+        );
+        let first_503 = first_503.expect("503");
+        assert!(
+            first_503 < Duration::from_millis(1000),
+            "the 503 came after {first_503:?}: it waited for a handler to end"
+        );
+        assert!(goaway.is_some(), "no GOAWAY after the 503");
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            CAP,
+            "handlers running at once on one connection"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), CAP, "handler calls");
     });
     stop(handle);
 }

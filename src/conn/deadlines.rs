@@ -289,11 +289,13 @@ impl BodyDeadline {
                 self.received as f64 / self.rate.min_rate as f64,
             ))
         };
-        let by_rate = allowed
-            .checked_sub(self.waited)
-            .and_then(|left| started.checked_add(left))
-            .unwrap_or(started);
         let by_pause = started + self.rate.timeout;
+        // Waited longer than allowed: expired now. A wait past the end of time (the rate
+        // rule off, `allowed` = MAX): only the pause rule applies.
+        let by_rate = match allowed.checked_sub(self.waited) {
+            None => started,
+            Some(left) => started.checked_add(left).unwrap_or(by_pause),
+        };
         let expires = by_rate.min(by_pause);
         if now >= expires {
             return Poll::Ready(());

@@ -2,15 +2,32 @@
 """Summaries for tests/attack/run.sh (standard library only).
 
   report.py attack DIR        per-attack lines; writes DIR/summary.json
-  report.py table DIR...      markdown table of every attack; exit 1 if any
-                              legitimate request failed or an attack did not run
+  report.py attack DIR        per-attack lines and one `CHECK ok|FAIL` line per check;
+                              writes DIR/summary.json; exit 1 if any check failed
+  report.py table DIR...      markdown table of every attack; exit 1 if any attack
+                              failed a check or did not run
+
+The checks of an attack (run.sh's header says why each exists):
+  legit     made > 0, every one 200, and the last one within 3 s of the attack's end
+  attacker  the tool's exit status 0 and, for slowhttptest, an expected "Exit status:"
+  held      the tool's peak of open connections and the server's peak of descriptors
+            (less those open before the attack) both >= held_min (slowhttptest: its first
+            run; a later run >= held_min / 4)
+  cut       connection lifetimes (silent.py measures each one; for slowhttptest they are
+            estimated from its per-second CSV by matching the k-th connection opened with
+            the k-th closed) have a median within bound_s +-10 % (+-1 s more for
+            slowhttptest's sampling), none closed before that window, and the server
+            closed at least held_min of them
+  cpu       the server's utime+stime over the attack / its length <= cpu_limit_pct
 
 An attack DIR holds:
-  meta.json      {"name", "kind": "slowhttptest" | "silent", "seconds", "conns"}
+  meta.json      {"name", "kind": "slowhttptest" | "silent", "seconds", "conns",
+                  "attack_rc", "bound_name", "bound_s", "held_min", "fd_base",
+                  "cpu_limit_pct", "clk_tck", "legit_delay"}
   legit.tsv      one line per legitimate request:
                  t_s  proto  curl_rc  http_code  time_total_s  http_version  error
   attacker.out   the attack tool's output; sht.csv (slowhttptest) or silent.json
-  server.tsv     samples of the server process: t_s  fds  threads  rss_kb
+  server.tsv     samples of the server process: t_s  fds  threads  rss_kb  cpu_ticks
 """
 
 import csv
@@ -18,6 +35,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -67,6 +85,7 @@ def legit_summary(rows):
     failures = [r for r in rows if r not in ok]
     return {
         "made": len(rows),
+        "times": [r["t"] for r in rows],
         "ok": len(ok),
         "pct": 100.0 * len(ok) / len(rows) if rows else 0.0,
         "p50": pct(ms, 50),
@@ -113,7 +132,25 @@ def sht_summary(d):
     out["first_close_s"] = next((r["s"] for r in rows if r["closed"] > 0), None)
     out["probe_unavailable_s"] = [r["s"] for r in rows if not r["available"]]
     out["timeline"] = [[r["s"], r["connected"], r["closed"], r["pending"]] for r in rows]
+    out["lifetimes_s"] = sht_lifetimes(rows)
     return out
+
+
+def sht_lifetimes(rows):
+    """Lifetimes of the connections the server closed, to slowhttptest's 1 s resolution:
+    the k-th connection to be closed is matched with the k-th to be opened (the attack
+    treats every connection alike, so they close in the order they opened)."""
+    lifetimes = []
+    closed_final = rows[-1]["closed"] if rows else 0
+    i_open = i_close = 0
+    for k in range(1, closed_final + 1):
+        while i_open < len(rows) and rows[i_open]["connected"] + rows[i_open]["closed"] < k:
+            i_open += 1
+        while i_close < len(rows) and rows[i_close]["closed"] < k:
+            i_close += 1
+        if i_open < len(rows) and i_close < len(rows):
+            lifetimes.append(rows[i_close]["s"] - rows[i_open]["s"])
+    return lifetimes
 
 
 def server_summary(d):
@@ -123,8 +160,8 @@ def server_summary(d):
         with open(path) as f:
             for line in f:
                 p = line.split()
-                if len(p) == 4:
-                    samples.append([float(p[0]), int(p[1]), int(p[2]), int(p[3])])
+                if len(p) == 5:
+                    samples.append([float(p[0]), int(p[1]), int(p[2]), int(p[3]), int(p[4])])
     return samples
 
 
@@ -157,6 +194,11 @@ def attack(d):
                         r["offset_s"] = int(f.read().strip()) / 1000
                 except (OSError, ValueError):
                     r["offset_s"] = 0.0
+                try:
+                    with open(os.path.join(rd, "rc")) as f:
+                        r["rc"] = int(f.read().strip())
+                except (OSError, ValueError):
+                    r["rc"] = None  # killed before it ended
                 runs.append(r)
         runs.sort(key=lambda r: r["run"])
         a = {"runs": runs}
@@ -224,7 +266,9 @@ def attack(d):
         s["server_fds_end"] = samples[-1][1]
         s["server_threads_max"] = max(x[2] for x in samples)
         s["server_rss_max_mb"] = round(max(x[3] for x in samples) / 1024, 1)
-    s["ok"] = legit["made"] > 0 and legit["ok"] == legit["made"]
+    checks = run_checks(meta, s, legit, samples)
+    s["checks"] = checks
+    s["ok"] = all(c["ok"] for c in checks)
 
     # The per-attack lines.
     L = legit
@@ -256,30 +300,166 @@ def attack(d):
         print(f"  ... and {len(L['failures']) - 10} more failed legitimate requests")
     if L["made"] == 0:
         print("  FAILED: no legitimate request was made during this attack")
+    for c in checks:
+        print(f"  CHECK {'ok  ' if c['ok'] else 'FAIL'} {name} {c['name']}: {c['detail']}")
 
     with open(os.path.join(d, "summary.json"), "w") as f:
         json.dump(s, f)
     return 0 if s["ok"] else 1
 
 
+def lifetime_check(lifetimes, bound, slack):
+    """(ok, detail, median) for the `cut` check: median within bound +-10 % +-slack, and
+    nothing closed before that window."""
+    lo, hi = 0.9 * bound - slack, 1.1 * bound + slack
+    if not lifetimes:
+        return False, f"no connection was closed by the server (bound {bound} s)", None
+    srt = sorted(lifetimes)
+    med = statistics.median(srt)
+    early = sum(1 for x in srt if x < lo)
+    inside = sum(1 for x in srt if lo <= x <= hi)
+    ok = lo <= med <= hi and early == 0
+    detail = (f"lifetimes min/median/max {srt[0]:.2f}/{med:.2f}/{srt[-1]:.2f} s, "
+              f"{inside} of {len(srt)} within [{lo:.1f}, {hi:.1f}] s (bound {bound} s), "
+              f"{early} closed early")
+    return ok, detail, med
+
+
+def server_fd_lifetimes(samples, fd_base):
+    """(lifetimes, closed) from the server's descriptor count, for an attack that opens its
+    connections, holds them, and has them all cut (no replacement): the time from the
+    k-th opened to the k-th closed, for k at each decile of the peak, to the 1 s sampling."""
+    if not samples:
+        return [], 0
+    above = [(x[0], x[1] - fd_base) for x in samples]
+    p = max(range(len(above)), key=lambda i: above[i][1])
+    peak = above[p][1]
+    closed = peak - min(n for _, n in above[p:])
+    lifetimes = []
+    for q in range(1, 10):
+        k = peak * q / 10
+        t_up = next((t for t, n in above[:p + 1] if n >= k), None)
+        t_down = next((t for t, n in above[p:] if peak - n >= k), None)
+        if t_up is not None and t_down is not None:
+            lifetimes.append(round(t_down - t_up, 2))
+    return lifetimes, closed
+
+
+def run_checks(meta, s, legit, samples):
+    checks = []
+
+    def check(name, ok, detail):
+        checks.append({"name": name, "ok": bool(ok), "detail": detail})
+
+    secs, held_min, bound = meta["seconds"], meta["held_min"], meta["bound_s"]
+    a = s["attacker"]
+
+    # legit: answered, and running through the attack (not stopped early by a dead tool).
+    times = legit.get("times", [])
+    last_t = max(times) if times else None
+    check("legit", legit["made"] > 0 and legit["ok"] == legit["made"]
+          and last_t is not None and last_t >= secs - 3,
+          f"{legit['ok']} of {legit['made']} answered 200, the last at "
+          f"{'-' if last_t is None else f'{last_t:.1f}'} s of {secs} s (must be >= {secs - 3})")
+
+    # attacker: exit status, and what it said.
+    if s["kind"] == "slowhttptest":
+        runs = a["runs"]
+        good = ("Hit test time limit", "No open connections left")
+        bad = [f"run {r['run']}: rc {r['rc']}, {r['exit_status']}" for r in runs
+               if r["rc"] != 0 or not r["exit_status"].startswith(good)]
+        check("attacker", runs and not bad and meta["attack_rc"] == 0,
+              f"{len(runs)} slowhttptest run(s), wrapper status {meta['attack_rc']}"
+              + (f"; bad ends: {'; '.join(bad)}" if bad else
+                 f"; ends: {', '.join(r['exit_status'] for r in runs)}"))
+        # The first run must reach held_min; a later one (restarted with less time left)
+        # at least a quarter of it, so that no run is an attack in name only.
+        peaks = [r["peak_connected"] or 0 for r in runs]
+        tool_held = peaks[0] if peaks else 0
+        if any(p < held_min // 4 for p in peaks[1:]):
+            tool_held = min(peaks)
+        tool_detail = f"slowhttptest peak connected per run {peaks} (later runs >= {held_min // 4})"
+    else:
+        tool_held = a.get("peak_open") or 0
+        check("attacker", meta["attack_rc"] == 0 and "peak_open" in a,
+              f"silent.py status {meta['attack_rc']}, "
+              f"{'summary written' if 'peak_open' in a else 'no summary'}, "
+              f"connect errors {a.get('connect_errors') or 0}")
+        tool_detail = f"silent.py peak open {tool_held}"
+
+    # held: from the tool and from the server's descriptors.
+    fd_held = (max(x[1] for x in samples) - meta["fd_base"]) if samples else 0
+    check("held", tool_held >= held_min and fd_held >= held_min,
+          f"{tool_detail}; server descriptors peak {fd_held} above the {meta['fd_base']} "
+          f"before the attack; need >= {held_min} of {meta['conns']} on both")
+
+    # cut: at the documented bound.
+    if meta.get("cut_from") == "server_fds":
+        # The tool cannot see the closes (slowhttptest -X notices one only after reading
+        # the buffered responses a few bytes at a time): the server's descriptors can.
+        lifetimes, closed = server_fd_lifetimes(samples, meta["fd_base"])
+        ok, detail, med = lifetime_check(lifetimes, bound, 1.0)
+        detail = "from the server's descriptors, deciles " + detail
+        if med is not None:
+            s["server_did"] = (f"closed {closed} (the server's descriptors) {med:.0f} s after "
+                               f"they opened; slowhttptest saw {s['server_did']}")
+    elif s["kind"] == "slowhttptest":
+        lifetimes = [x for r in a["runs"] for x in r["lifetimes_s"]]
+        closed = sum(r["final_closed"] or 0 for r in a["runs"])
+        ok, detail, med = lifetime_check(lifetimes, bound, 1.0)
+    else:
+        lifetimes = a.get("lifetimes_s") or []
+        closed = a.get("closed_by_server") or 0
+        ok, detail, med = lifetime_check(lifetimes, bound, 0.0)
+    s["cut_median_s"] = med
+    check("cut", ok and closed >= held_min,
+          f"{meta['bound_name']} {bound} s: {detail}; server closed {closed} "
+          f"(need >= {held_min})")
+
+    # cpu: the server's own CPU time over the attack.
+    if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
+        span = samples[-1][0] - samples[0][0]
+        avg = 100.0 * (samples[-1][4] - samples[0][4]) / meta["clk_tck"] / span
+        per_s = [100.0 * (b[4] - a_[4]) / meta["clk_tck"] / (b[0] - a_[0])
+                 for a_, b in zip(samples, samples[1:]) if b[0] > a_[0]]
+        s["cpu_avg_pct"] = round(avg, 1)
+        s["cpu_max_pct"] = round(max(per_s), 1)
+        check("cpu", avg <= meta["cpu_limit_pct"],
+              f"server CPU {avg:.1f} % of a core on average over {span:.0f} s (highest "
+              f"1 s sample {max(per_s):.0f} %), limit {meta['cpu_limit_pct']} %")
+    else:
+        check("cpu", False, f"only {len(samples)} samples of /proc/PID/stat")
+    return checks
+
+
 def table(dirs):
     print("| attack | attacker connections | legit requests | succeeded (200) | success % "
-          "| p50 ms | p99 ms | max ms | server vs attackers | server fds max |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|")
+          "| p50 ms | p99 ms | max ms | server vs attackers | cut at (median / bound) "
+          "| server fds max | server CPU avg / max 1 s | checks |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|")
     bad = 0
     for d in dirs:
         path = os.path.join(d, "summary.json")
         if not os.path.exists(path):
             name = os.path.basename(d.rstrip("/"))
-            print(f"| {name} | (did not run) | 0 | 0 | 0.0 | - | - | - | - | - |")
+            print(f"| {name} | (did not run) | 0 | 0 | 0.0 | - | - | - | - | - | - | - "
+                  f"| FAIL: did not run |")
             bad += 1
             continue
         with open(path) as f:
             s = json.load(f)
         L = s["legit"]
+        med = s.get("cut_median_s")
+        bound = next((c["detail"].split(":")[0] for c in s["checks"] if c["name"] == "cut"),
+                     "-")
+        failed = [c["name"] for c in s["checks"] if not c["ok"]]
+        verdict = "FAIL: " + ", ".join(failed) if failed else "all ok"
         print(f"| {s['name']} | {s['attacker_cell']} | {L['made']} | {L['ok']} "
               f"| {L['pct']:.1f} | {fmt_ms(L['p50'])} | {fmt_ms(L['p99'])} "
-              f"| {fmt_ms(L['max'])} | {s['server_did']} | {s.get('server_fds_max', '-')} |")
+              f"| {fmt_ms(L['max'])} | {s['server_did']} "
+              f"| {'-' if med is None else f'{med:.1f} s'} / {bound} "
+              f"| {s.get('server_fds_max', '-')} "
+              f"| {s.get('cpu_avg_pct', '-')} % / {s.get('cpu_max_pct', '-')} % | {verdict} |")
         bad += not s["ok"]
     return 1 if bad else 0
 

@@ -12,8 +12,25 @@
 #   silent-tcp   silent.py        (TCP connections that never send a byte; the ones the
 #                                  server closes are replaced to keep the pressure up)
 # During each one, curl makes a fresh HTTPS connection every ~100 ms, alternating HTTP/1.1
-# and HTTP/2. The script fails if any of those requests is not answered 200 within 10 s,
-# or if the server dies.
+# and HTTP/2, and the server's descriptors, threads, RSS and CPU time are sampled from
+# /proc/PID once a second. Each attack passes only if every check below holds
+# (report.py prints one `CHECK ok|FAIL` line per check):
+#   legit     every legitimate request answered 200 within 10 s, and the legitimate client
+#             ran through the whole attack (it stops early when the attack tool dies)
+#   attacker  the tool exited 0 and said why it stopped: slowhttptest "Hit test time limit"
+#             or "No open connections left" (it exits 0 even on "Connection refused", so the
+#             text is checked too); silent.py exit 0
+#   held      the attacker held at least HELD_MIN connections at once, counted both from the
+#             tool's own output and from the server's descriptors (/proc/PID/fd, less the
+#             count before the attack)
+#   cut       the server closed them at the documented bound (src/limits.rs defaults) within
+#             +-10 %, plus the tool's 1 s sampling for slowhttptest: slowloris at
+#             request_header_timeout, slow body at min_rate_grace (the 240 B/s rule),
+#             slow read at request_header_timeout (hyper's header timer runs while an HTTP/1
+#             connection waits for its next request), silent TCP at handshake_timeout
+#   cpu       the server's average CPU over the attack (utime+stime from /proc/PID/stat)
+#             stayed under ATTACK_CPU_LIMIT percent of one core
+# and the server must still be alive at the end.
 #
 # Knobs (environment): ATTACK_PORT (default 18443, or a free port if that one is taken),
 # ATTACK_CONNS (1000), ATTACK_RATE (200 connections/s), ATTACK_SECONDS (30),
@@ -21,7 +38,10 @@
 # show), LEGIT_DELAY (7 s after an attack starts before the legitimate client begins),
 # ATTACK_KEEP=1 keeps the temporary directory with every raw result, ATTACK_ONLY="slow-body
 # silent-tcp" runs only the named attacks, ATTACK_EXAMPLE=echo attacks the echo example
-# (whose handler reads the request body) instead of hello.
+# (whose handler reads the request body) instead of hello, ATTACK_CPU_LIMIT (15: percent of
+# one core, averaged over an attack), ATTACK_HELD (0.9: the share of ATTACK_CONNS that must
+# be held at once; slow body ATTACK_HELD_BODY, 0.3, see below), ATTACK_SERVER_ARGS (extra flags for the server,
+# e.g. "--handshake-timeout 20" to check that the `cut` check fails when a deadline moves).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,6 +53,10 @@ CONNS=${ATTACK_CONNS:-1000}
 RATE=${ATTACK_RATE:-200}
 SECS=${ATTACK_SECONDS:-30}
 SLOWLORIS_SECS=${SLOWLORIS_SECONDS:-40}
+SLOWREAD_SECS=${SLOWREAD_SECONDS:-40}
+CPU_LIMIT=${ATTACK_CPU_LIMIT:-15}
+HELD=${ATTACK_HELD:-0.9}
+read -r -a SERVER_ARGS <<<"${ATTACK_SERVER_ARGS:-}"
 LEGIT_DELAY=${LEGIT_DELAY:-7}
 EXAMPLE=${ATTACK_EXAMPLE:-hello}
 ONLY=${ATTACK_ONLY:-slowloris slow-body slow-read silent-tcp}
@@ -128,6 +152,19 @@ python3 --version
 echo "slowhttptest $(slowhttptest -h 2>&1 | grep -m1 -o 'version [0-9.]*' || true)"
 cargo --version
 
+# ---------------------------------------------------------------- documented bounds
+# The bounds the `cut` check holds the server to: the defaults in src/limits.rs.
+limit_secs() { # limit_secs FIELD: the default of a Duration field of Limits, in seconds
+  local v
+  v=$(grep -oE "^[[:space:]]*$1: Duration::from_secs\([0-9]+\)" src/limits.rs | grep -oE '[0-9]+' | tail -n 1)
+  [ -n "$v" ] || die "no default 'Duration::from_secs(N)' for $1 in src/limits.rs"
+  echo "$v"
+}
+HANDSHAKE_S=$(limit_secs handshake_timeout)
+HEADER_S=$(limit_secs request_header_timeout)
+GRACE_S=$(limit_secs min_rate_grace)
+echo "bounds from src/limits.rs: handshake_timeout $HANDSHAKE_S s, request_header_timeout $HEADER_S s, min_rate_grace $GRACE_S s"
+
 # ---------------------------------------------------------------- build and start
 step "cargo build --release --example $EXAMPLE"
 cargo build --release --example "$EXAMPLE"
@@ -154,7 +191,7 @@ URL_ATTACK=https://127.0.0.1:$PORT/
 URL_LEGIT=https://localhost:$PORT/
 
 step "start server on 127.0.0.1:$PORT"
-RUST_LOG=warn "$BIN" --addr "127.0.0.1:$PORT" --max-workers 4 \
+RUST_LOG=warn "$BIN" --addr "127.0.0.1:$PORT" --max-workers 4 "${SERVER_ARGS[@]}" \
   >"$TMP/server.out" 2>"$TMP/server.log" </dev/null &
 SERVER_PID=$!
 deadline=$((SECONDS + 30))
@@ -207,12 +244,25 @@ legit_loop() {
   done
 }
 
-# sampler OUT T0_US: the server's open file descriptors, threads and RSS once a second.
+# server_fds: how many descriptors the server has open now.
+server_fds() {
+  local fds=("/proc/$SERVER_PID/fd/"*)
+  echo "${#fds[@]}"
+}
+
+# sampler OUT T0_US: the server's open file descriptors, threads, RSS and CPU time (utime +
+# stime, clock ticks) once a second.
 sampler() {
-  local out=$1 t0=$2 fds line threads rss t
+  local out=$1 t0=$2 fds line threads rss t stat ticks
+  local -a f
   trap 'exit 0' TERM
   while alive "$SERVER_PID"; do
-    fds=("/proc/$SERVER_PID/fd/"*)
+    fds=$(server_fds)
+    ticks=0
+    if { read -r stat < "/proc/$SERVER_PID/stat"; } 2>/dev/null; then
+      read -r -a f <<<"${stat##*) }"
+      ticks=$((f[11] + f[12])) # fields 14 and 15 (utime, stime); f[0] is field 3
+    fi
     threads=0 rss=0
     while read -r line; do
       case $line in
@@ -221,7 +271,7 @@ sampler() {
       esac
     done < "/proc/$SERVER_PID/status" 2>/dev/null || true
     t=$((($(now_us) - t0) / 1000))
-    printf '%d.%03d %d %d %d\n' $((t / 1000)) $((t % 1000)) "${#fds[@]}" "$threads" "$rss" >>"$out"
+    printf '%d.%03d %d %d %d %d\n' $((t / 1000)) $((t % 1000)) "$fds" "$threads" "$rss" "$ticks" >>"$out"
     sleep 1
   done
 }
@@ -230,12 +280,16 @@ ATTACK_DIRS=()
 SERVER_DIED=
 ANY_FAILED=
 
-# run_attack NAME KIND SECONDS COMMAND...: runs COMMAND (in the attack's own temporary
-# directory) with the legitimate client and the sampler beside it, then summarises.
+# run_attack NAME KIND SECONDS BOUND_NAME BOUND_S HELD_MIN CUT_FROM COMMAND...: runs COMMAND
+# (in the attack's own temporary directory) with the legitimate client and the sampler
+# beside it, then checks it (report.py): the attacker held HELD_MIN connections and the
+# server cut them BOUND_S seconds (the default of Limits::BOUND_NAME) after they opened, as
+# measured by CUT_FROM: "tool" (its own count of closes) or "server_fds" (the server's
+# descriptors, for a tool that cannot see the closes).
 run_attack() {
-  local name=$1 kind=$2 secs=$3
-  shift 3
-  local d=$TMP/$name t0 spid apid lpid rc=0 stop
+  local name=$1 kind=$2 secs=$3 bound_name=$4 bound_s=$5 held_min=$6 cut_from=$7
+  shift 7
+  local d=$TMP/$name t0 spid apid lpid rc=0 stop fd_base
   case " $ONLY " in *" $name "*) ;; *) return 0 ;; esac
   mkdir -p "$d"
   ATTACK_DIRS+=("$d")
@@ -246,10 +300,11 @@ run_attack() {
   fi
   if [ "$1" = sht_rounds ]; then
     step "attack $name (${secs} s): slowhttptest ${*:3} -l SECONDS_LEFT -g -o sht" \
-      "(started again whenever it stops early)"
+      "(started again only after it stopped because the server closed every connection)"
   else
     step "attack $name (${secs} s): $*"
   fi
+  fd_base=$(server_fds)
   t0=$(now_us)
   sampler "$d/server.tsv" "$t0" &
   spid=$!
@@ -284,8 +339,9 @@ run_attack() {
   kill -TERM "$spid" 2>/dev/null || true
   wait "$spid" || true
 
-  printf '{"name": "%s", "kind": "%s", "seconds": %d, "conns": %d, "attack_rc": %d}\n' \
-    "$name" "$kind" "$secs" "$CONNS" "$rc" >"$d/meta.json"
+  printf '{"name": "%s", "kind": "%s", "seconds": %d, "conns": %d, "attack_rc": %d, "bound_name": "%s", "bound_s": %s, "held_min": %d, "fd_base": %d, "cpu_limit_pct": %s, "clk_tck": %d, "legit_delay": %d, "cut_from": "%s"}\n' \
+    "$name" "$kind" "$secs" "$CONNS" "$rc" "$bound_name" "$bound_s" "$held_min" "$fd_base" \
+    "$CPU_LIMIT" "$(getconf CLK_TCK)" "$LEGIT_DELAY" "$cut_from" >"$d/meta.json"
   if [ "$kind" = silent ]; then
     sed 's/^/  silent.py: /' "$d/attacker.out" | head -n 20
   else
@@ -301,16 +357,20 @@ run_attack() {
 }
 
 # sht_rounds SECONDS SLOWHTTPTEST-ARGS...: slowhttptest for SECONDS. slowhttptest never
-# replaces a connection the server closed, and stops once none is left open; it is then
-# started again (a new "run", in round-N/) so that the attack lasts SECONDS all the same.
+# replaces a connection the server closed, and stops once none is left open ("No open
+# connections left"); only then, with 10 s or more left, it is started again (a new "run",
+# in round-N/) so that the attack lasts SECONDS all the same. Any other end (a non-zero
+# status, "Connection refused", no status at all) stops the attack at once, which stops the
+# legitimate client too, and report.py fails the attack: a tool that fails is never quietly
+# restarted into a run with no load.
 sht_rounds() {
-  local secs=$1 end round=0 left cpid= rc=0
+  local secs=$1 end round=0 left cpid= rc=0 status
   shift
   trap '[ -n "$cpid" ] && kill "$cpid" 2>/dev/null; exit 143' TERM
   end=$((ATTACK_T0 + secs * 1000000))
   while :; do
     left=$(((end - $(now_us)) / 1000000))
-    [ "$left" -ge 5 ] || break
+    if [ "$round" -gt 0 ] && [ "$left" -lt 10 ]; then break; fi
     round=$((round + 1))
     mkdir -p "round-$round"
     echo $(( ($(now_us) - ATTACK_T0) / 1000 )) >"round-$round/start_ms"
@@ -321,20 +381,35 @@ sht_rounds() {
     wait "$cpid" || rc=$?
     cpid=
     echo "$rc" >"round-$round/rc"
-    echo "run $round: slowhttptest exited with status $rc after $(( ($(now_us) - ATTACK_T0) / 1000000 )) s"
+    status=$(sed 's/\x1b\[[0-9;]*m//g' "round-$round/attacker.out" | grep -o 'Exit status: .*' | tail -n 1)
+    echo "run $round: slowhttptest exited with status $rc (${status:-no exit status printed}) after $(( ($(now_us) - ATTACK_T0) / 1000000 )) s"
+    [ "$rc" = 0 ] || return "$rc"
+    case $status in
+      *"No open connections left"*) ;;
+      *"Hit test time limit"*) break ;;
+      *) echo "run $round: not an expected end, the attack stops here"; return 1 ;;
+    esac
   done
-  return "$rc"
+  return 0
 }
 
 SHT=(-c "$CONNS" -r "$RATE" -p 10 -u "$URL_ATTACK")
+# held_min FRACTION: FRACTION of CONNS, rounded down.
+held_min() { python3 -c "import sys; print(int(float(sys.argv[1]) * int(sys.argv[2])))" "$1" "$CONNS"; }
+HELD_MIN=$(held_min "$HELD")
+# The slow-body connections are cut GRACE_S s after they open, while slowhttptest is still
+# opening the rest: with its TLS handshakes it opens ~100 a second on the 2-core machine, not
+# RATE, so ~500 are open at once (492 and 592 in the two runs of 2026-11-30, 775 on
+# 2026-11-21); a run that does not attack holds none.
+HELD_MIN_BODY=$(held_min "${ATTACK_HELD_BODY:-0.3}")
 
-run_attack slowloris slowhttptest "$SLOWLORIS_SECS" \
+run_attack slowloris slowhttptest "$SLOWLORIS_SECS" request_header_timeout "$HEADER_S" "$HELD_MIN" tool \
   sht_rounds "$SLOWLORIS_SECS" "${SHT[@]}" -H -t GET -i 10 -x 24
-run_attack slow-body slowhttptest "$SECS" \
+run_attack slow-body slowhttptest "$SECS" min_rate_grace "$GRACE_S" "$HELD_MIN_BODY" tool \
   sht_rounds "$SECS" "${SHT[@]}" -B -t POST -i 10 -x 10 -s 8192
-run_attack slow-read slowhttptest "$SECS" \
-  sht_rounds "$SECS" "${SHT[@]}" -X -t GET -w 512 -y 1024 -n 5 -z 32 -k 10
-run_attack silent-tcp silent "$SECS" \
+run_attack slow-read slowhttptest "$SLOWREAD_SECS" request_header_timeout "$HEADER_S" "$HELD_MIN" server_fds \
+  sht_rounds "$SLOWREAD_SECS" "${SHT[@]}" -X -t GET -w 512 -y 1024 -n 5 -z 32 -k 10
+run_attack silent-tcp silent "$SECS" handshake_timeout "$HANDSHAKE_S" "$HELD_MIN" tool \
   python3 "$HERE/silent.py" --host 127.0.0.1 --port "$PORT" --conns "$CONNS" \
   --rate "$RATE" --seconds "$SECS" --json silent.json
 
@@ -372,5 +447,5 @@ if [ -n "$SERVER_DIED" ]; then
   die "the server process died"
 fi
 if [ -n "$ANY_FAILED" ] || [ "$failed" != 0 ]; then
-  die "legitimate requests failed under attack (see FAILED lines above)"
+  die "an attack failed its checks (see the CHECK FAIL lines above)"
 fi

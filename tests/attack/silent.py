@@ -119,10 +119,12 @@ def main() -> int:
         "lifetime_median_s": round(statistics.median(lifetimes), 2) if lifetimes else None,
         "lifetime_max_s": round(max(lifetimes), 2) if lifetimes else None,
         "timeline": timeline,
+        "lifetimes_s": [round(x, 3) for x in lifetimes],
     }
     with open(args.json, "w") as f:
         json.dump(summary, f)
-    print(json.dumps({k: v for k, v in summary.items() if k != "timeline"}), flush=True)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("timeline", "lifetimes_s")}),
+          flush=True)
     return 0
 
 

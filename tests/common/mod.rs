@@ -532,3 +532,28 @@ pub fn shutdown_within(handle: ServerHandle, limit: Duration) -> Duration {
 pub fn stop(handle: ServerHandle) {
     shutdown_within(handle, Duration::from_secs(10));
 }
+
+/// Environment variable naming a file to which [`skip`] appends one line per skipped test;
+/// `.ci/run` sets it and reports how many tests skipped, and why.
+pub const SKIP_LOG_ENV: &str = "PORTCULLIS_SKIP_LOG";
+/// With this environment variable set to `1`, [`skip`] fails the test instead.
+pub const NO_SKIP_ENV: &str = "PORTCULLIS_NO_SKIP";
+
+/// Skips the calling test loudly: prints `SKIPPED test: why` to stderr and appends that line
+/// to the file named by [`SKIP_LOG_ENV`] (when set), so that a skip is counted instead of
+/// passing silently; panics instead when [`NO_SKIP_ENV`] is `1`. The caller returns after.
+pub fn skip(test: &str, why: &str) {
+    let line = format!("SKIPPED {test}: {why}");
+    if std::env::var(NO_SKIP_ENV).as_deref() == Ok("1") {
+        panic!("{line} ({NO_SKIP_ENV}=1 forbids skips)");
+    }
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", Path::new(&path).display()));
+        writeln!(file, "{line}").unwrap_or_else(|e| panic!("{}: {e}", Path::new(&path).display()));
+    }
+}
