@@ -426,7 +426,10 @@ impl Reactor {
                     self.accept_full = true;
                     // As nginx: the longest-idle keep-alive connection makes room, one at
                     // a time (accepting resumes when it has closed).
-                    if !self.evicting && self.tasks.evict_longest_idle() {
+                    if !self.evicting
+                        && has_pending_connection(&self.listeners[index].socket)
+                        && self.tasks.evict_longest_idle()
+                    {
                         self.evicting = true;
                     }
                     return;
@@ -522,4 +525,19 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
             | io::ErrorKind::Interrupted
             | io::ErrorKind::PermissionDenied
     )
+}
+
+/// Whether a connection waits in the listener's backlog (no system call is made unless
+/// the server is at `max_connections`).
+fn has_pending_connection(listener: &TcpListener) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut poll_fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `poll_fd` is a valid, initialised pollfd that lives across the call, the
+    // count passed is 1, and a zero timeout makes the call return at once.
+    let ready = unsafe { libc::poll(&mut poll_fd, 1, 0) };
+    ready > 0 && poll_fd.revents & libc::POLLIN != 0
 }
