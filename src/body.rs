@@ -11,9 +11,11 @@ use std::fmt;
 use std::io::{self, Read};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+
+use crate::worker::WorkerPool;
 
 /// Size of the chunks read from a response [`Read`] source.
 pub(crate) const STREAM_CHUNK: usize = 16 * 1024;
@@ -260,14 +262,16 @@ impl Pipe {
         }
     }
 
-    /// Blocking producer: waits for room (at most `timeout`), then queues the chunk. Fails
+    /// Blocking producer: waits for room (at most `timeout`), then queues the chunk.
+    /// (Response bodies are pulled instead, see [`Pull`]; kept for the pipe's tests.) Fails
     /// with `BrokenPipe` when the consumer (the connection) is gone and with `TimedOut`
     /// when it took nothing for `timeout`.
+    #[cfg(test)]
     pub(crate) fn push_blocking(&self, chunk: Bytes, timeout: Duration) -> io::Result<()> {
-        let give_up = Instant::now() + timeout;
+        let give_up = std::time::Instant::now() + timeout;
         let mut state = self.lock();
         while state.buffered >= self.capacity && !state.consumer_gone {
-            let left = give_up.saturating_duration_since(Instant::now());
+            let left = give_up.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -287,6 +291,34 @@ impl Pipe {
         self.notify_blocking_side(&mut state);
         Self::wake_async_side(state);
         Ok(())
+    }
+
+    /// Pulled producer (a worker): queues a chunk without waiting; true while there is
+    /// still room for another.
+    fn push_pulled(&self, chunk: Bytes) -> bool {
+        let mut state = self.lock();
+        if state.consumer_gone {
+            return false;
+        }
+        state.buffered += chunk.len();
+        state.chunks.push_back(chunk);
+        let room = state.buffered < self.capacity;
+        let consumer = state.consumer_waker.take();
+        drop(state);
+        if let Some(consumer) = consumer {
+            consumer.wake();
+        }
+        room
+    }
+
+    /// Bytes queued and not yet taken.
+    pub(crate) fn buffered(&self) -> usize {
+        self.lock().buffered
+    }
+
+    /// Whether the consumer has dropped its end.
+    fn is_consumer_gone(&self) -> bool {
+        self.lock().consumer_gone
     }
 
     /// Either producer: no more chunks will come. The first call wins.
@@ -674,35 +706,122 @@ pub(crate) enum StreamSource {
     },
 }
 
-/// Reads the streamed body on the current (worker) thread into `pipe` until the end,
-/// an error, or the client leaving;
-/// `send_timeout` bounds each wait for the client to take more.
-pub(crate) fn stream_into_pipe(
-    mut body: Body,
-    pipe: &Pipe,
-    send_timeout: Duration,
-) -> io::Result<u64> {
-    let mut sent = 0u64;
-    loop {
-        match body.next_chunk() {
-            Ok(Some(chunk)) => {
-                sent += chunk.len() as u64;
-                if let Err(e) = pipe.push_blocking(chunk, send_timeout) {
-                    pipe.close_consumer();
-                    pipe.finish(Err(io::Error::new(e.kind(), e.to_string())));
-                    return Err(e);
-                }
-            }
-            Ok(None) => {
-                pipe.finish(Ok(()));
-                return Ok(sent);
-            }
-            Err(e) => {
-                let copy = io::Error::new(e.kind(), e.to_string());
-                pipe.finish(Err(e));
-                return Err(copy);
-            }
+/// A streamed response body that the connection pulls: a worker is taken only to read the
+/// next chunks while the pipe has room for them, and given back as soon as it is full; a
+/// client that does not read costs the chunks queued, never a thread.
+///
+/// The connection (on the reactor) calls [`Pull::want_more`] each time it takes a chunk;
+/// below half the pipe's capacity that schedules one job on the pool, which reads until
+/// the pipe is full or the body ends. Both sides decide under the same lock, so a refill
+/// is never missed and never runs twice at once.
+pub(crate) struct Pull {
+    pub(crate) pipe: Arc<Pipe>,
+    source: Mutex<PullSource>,
+    pool: WorkerPool,
+}
+
+struct PullSource {
+    /// The body, while no worker reads it and it has not ended.
+    body: Option<Body>,
+    /// A job is queued or running.
+    scheduled: bool,
+}
+
+impl Pull {
+    /// A pulled body over a pipe of `capacity` bytes. With `scheduled`, the caller (a
+    /// worker that just ran the handler) fills the pipe first with [`Pull::produce`].
+    pub(crate) fn new(body: Body, capacity: usize, pool: WorkerPool, scheduled: bool) -> Arc<Pull> {
+        Arc::new(Pull {
+            pipe: Pipe::new(capacity),
+            source: Mutex::new(PullSource {
+                body: Some(body),
+                scheduled,
+            }),
+            pool,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PullSource> {
+        // Nothing panics while holding this lock (the user's reader runs outside it).
+        self.source.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn low(&self) -> bool {
+        self.pipe.buffered() < self.pipe.capacity / 2
+    }
+
+    /// The connection took a chunk: starts a refill on a worker when the pipe runs low.
+    pub(crate) fn want_more(self: &Arc<Self>) {
+        if !self.low() {
+            return;
         }
+        let mut source = self.lock();
+        if source.scheduled || source.body.is_none() {
+            return;
+        }
+        source.scheduled = true;
+        drop(source);
+        let this = self.clone();
+        if self
+            .pool
+            .try_execute(Box::new(move || this.produce()))
+            .is_err()
+        {
+            tracing::warn!("all workers busy and the queue is full; response body cut short");
+            self.lock().body = None;
+            self.pipe.finish(Err(io::Error::other(
+                "no worker free to read the response body",
+            )));
+        }
+    }
+
+    /// On a worker: reads chunks until the pipe is full, the body ends, or the client is
+    /// gone; then gives the body back for the next refill.
+    pub(crate) fn produce(&self) {
+        let Some(mut body) = self.lock().body.take() else {
+            self.lock().scheduled = false;
+            return;
+        };
+        loop {
+            if self.pipe.is_consumer_gone() {
+                self.lock().scheduled = false;
+                return;
+            }
+            let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body.next_chunk()));
+            let room = match next {
+                Ok(Ok(Some(chunk))) => self.pipe.push_pulled(chunk),
+                Ok(Ok(None)) => {
+                    self.pipe.finish(Ok(()));
+                    break;
+                }
+                Ok(Err(error)) => {
+                    tracing::info!(%error, "response body ended early");
+                    self.pipe.finish(Err(error));
+                    break;
+                }
+                Err(_) => {
+                    tracing::error!("response body reader panicked");
+                    self.pipe
+                        .finish(Err(io::Error::other("response body reader panicked")));
+                    break;
+                }
+            };
+            if room {
+                continue;
+            }
+            let mut source = self.lock();
+            // Decided under the lock `want_more` takes: either it sees the body back and
+            // schedules, or this sees the pipe drained and goes on.
+            if self.low() {
+                continue;
+            }
+            source.body = Some(body);
+            source.scheduled = false;
+            return;
+        }
+        // Ended: the body (a file, say) is dropped here, on the worker.
+        self.lock().scheduled = false;
+        drop(body);
     }
 }
 

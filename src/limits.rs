@@ -61,7 +61,8 @@ pub struct Limits {
     /// Default 240 bytes/s, as Kestrel (`MinRequestBodyDataRate`).
     pub min_request_body_rate: u64,
 
-    /// Time before [`min_request_body_rate`](Limits::min_request_body_rate) applies.
+    /// Time before [`min_request_body_rate`](Limits::min_request_body_rate) and
+    /// [`min_response_body_rate`](Limits::min_response_body_rate) apply.
     ///
     /// Default 5 s, as Kestrel.
     pub min_rate_grace: Duration,
@@ -99,6 +100,18 @@ pub struct Limits {
     /// Default 60 s, as nginx (`send_timeout`, also measured between two writes);
     /// Kestrel uses a minimum rate of 240 bytes/s instead.
     pub send_timeout: Duration,
+
+    /// Slowest average rate, in bytes per second, at which a client must take a streamed
+    /// response body ([`Body::from_reader`](crate::Body::from_reader), static files) once
+    /// [`min_rate_grace`](Limits::min_rate_grace) has passed. Only time during which the
+    /// server had data ready and the client's socket or HTTP/2 window held it back counts.
+    /// Below it the HTTP/2 stream is reset, or the HTTP/1 connection closed, and a
+    /// `tracing` event says why. Stops slow readers and window trickling, which would
+    /// otherwise keep a response's buffers alive for ever. 0 disables it (the
+    /// [`send_timeout`](Limits::send_timeout) still applies).
+    ///
+    /// Default 240 bytes/s, as Kestrel (`MinResponseDataRate`).
+    pub min_response_body_rate: u64,
 
     /// HTTP/2: send a PING after this long without frames from the client, and close the
     /// connection if it is not answered within
@@ -138,12 +151,27 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
 
     /// Most connections open at once. When it is reached the server stops accepting (new
-    /// clients wait in the kernel's backlog) and resumes as soon as one closes.
+    /// clients wait in the kernel's backlog) and, as nginx does, asks the connection that
+    /// has been idle longest (no request in flight) to close (HTTP/2: GOAWAY; HTTP/1: closed
+    /// between requests); accepting resumes as soon as one closes.
     ///
     /// Default 10 000: nginx's is `worker_connections` (512) per worker process, Go and
     /// Kestrel have no limit. An idle connection costs portcullis memory only, about the
     /// size of rustls' buffers.
     pub max_connections: usize,
+
+    /// Most connections open at once from one IP address, counted from `accept` (TLS
+    /// handshakes included). Beyond it new connections from that address are closed at
+    /// once, so that one client cannot take [`max_connections`](Limits::max_connections)
+    /// for itself.
+    ///
+    /// Default 1 000, a tenth of `max_connections`: no one address can fill the server,
+    /// while a large NAT (an office, a carrier-grade NAT) with a few hundred active browsers
+    /// at up to 6 HTTP/1.1 connections each still fits. nginx (`limit_conn`) and Kestrel
+    /// have no default; lower it if your clients are not behind NATs. Not applied on a
+    /// server that expects the PROXY protocol ([`Server::proxy_protocol`](crate::Server::proxy_protocol)):
+    /// there every TCP peer is the load balancer.
+    pub max_connections_per_ip: usize,
 
     /// Most handlers running at once: on worker threads, or inline on a reactor thread (a
     /// complete request's handler runs on the thread that read it; see the README). The
@@ -184,12 +212,14 @@ impl Default for Limits {
             max_request_body_bytes: 30_000_000,
             buffered_body_limit: 64 * 1024,
             send_timeout: Duration::from_secs(60),
+            min_response_body_rate: 240,
             http2_keep_alive_interval: None,
             http2_keep_alive_timeout: Duration::from_secs(20),
             max_request_header_bytes: 32 * 1024,
             max_request_headers: 100,
             max_concurrent_streams: 100,
             max_connections: 10_000,
+            max_connections_per_ip: 1_000,
             max_workers: 512,
             max_queued_requests: 1024,
             worker_idle_timeout: Duration::from_secs(10),

@@ -311,6 +311,13 @@ impl Server {
             self.listeners,
             ReactorConfig {
                 max_connections: limits.max_connections.max(1),
+                // Behind a load balancer speaking the PROXY protocol every TCP peer is the
+                // balancer: counting per address would cap the whole server.
+                max_connections_per_ip: if self.proxy.is_some() {
+                    usize::MAX
+                } else {
+                    limits.max_connections_per_ip.max(1)
+                },
                 drain_timeout: limits.drain_timeout,
             },
         )?;

@@ -24,15 +24,16 @@ use http_body::Body as _;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::body::{stream_into_pipe, Body, Pipe, Room, StreamSource};
+use crate::body::{Body, Pipe, Pull, Room, StreamSource};
 use crate::conn::deadlines::{
-    AbortReason, BodyDeadline, BodyRate, ConnectionWatch, HandlerRunning, InFlight,
+    AbortReason, BodyDeadline, BodyRate, ConnectionWatch, HandlerRunning, InFlight, ResponsePace,
+    ResponseRate,
 };
 use crate::conn::{ConnectionInfo, Protocol, ServerContext};
 use crate::reactor::leader;
 use crate::reactor::timer::TimerQueue;
 use crate::response::IntoResponse;
-use crate::worker::InlineRun;
+use crate::worker::{InlineRun, WorkerPool};
 
 /// A request as a handler receives it: the `http` crate's type with a streaming [`Body`].
 pub type Request = http::Request<Body>;
@@ -138,6 +139,16 @@ impl Dispatch {
         )));
     }
 
+    fn response_rate(&self) -> ResponseRate {
+        let limits = &self.ctx.limits;
+        ResponseRate {
+            clock: self.ctx.reactor.timers.clock().clone(),
+            min_rate: limits.min_response_body_rate,
+            grace: limits.min_rate_grace,
+            send_timeout: limits.send_timeout,
+        }
+    }
+
     /// Hands a request with its body to the worker pool, or, when the body is complete
     /// (`complete`), to the reactor's leader to run right after this poll (see
     /// `reactor::leader`).
@@ -156,8 +167,8 @@ impl Dispatch {
             sender: SlotSender::new(slot.clone()),
             log,
             _running: running,
-            watch: self.watch.clone(),
-            send_timeout: self.ctx.limits.send_timeout,
+            pool: self.ctx.pool.clone(),
+            rate: self.response_rate(),
         };
         let job: Box<dyn FnOnce() + Send> = if complete {
             let route = leader::route_of(job.log.uri.path());
@@ -187,6 +198,9 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
 
     fn call(&self, request: http::Request<Incoming>) -> ResponseFuture {
         let protocol = self.info.protocol();
+        // Starting a request spends the poll's budget too (pipelined HTTP/1 requests
+        // already in hyper's buffer cost no read): see `reactor::coop`.
+        crate::reactor::coop::spend(crate::reactor::coop::REQUEST_COST);
         let (parts, incoming) = request.into_parts();
         let mut log = AccessLog::new(&parts, &self.info, self.watch.request_started());
         if let Some(problem) = malformed(&parts) {
@@ -273,8 +287,28 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
 }
 
 /// What hyper lets through but a request must not have: RFC 9112 §3.2 requires exactly
-/// one `Host` header in an HTTP/1.1 request.
+/// one `Host` header in an HTTP/1.1 request; §6.1 and §6.3 make any `Transfer-Encoding`
+/// but one final `chunked` a framing error, and portcullis (as Go) accepts no coding but
+/// `chunked`, so that two parsers can never disagree on where the body ends.
 fn malformed(parts: &http::request::Parts) -> Option<&'static str> {
+    if parts.version <= http::Version::HTTP_11 {
+        let mut codings = parts
+            .headers
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter();
+        if let Some(coding) = codings.next() {
+            if codings.next().is_some() {
+                return Some("400 Bad Request: more than one Transfer-Encoding header\n");
+            }
+            if !coding
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked")
+            {
+                return Some("400 Bad Request: Transfer-Encoding must be chunked alone\n");
+            }
+        }
+    }
     if parts.version == http::Version::HTTP_11 {
         let mut hosts = parts.headers.get_all(http::header::HOST).iter();
         match (hosts.next(), hosts.next()) {
@@ -295,8 +329,9 @@ struct HandlerJob {
     log: AccessLog,
     /// Counts against the connection's handlers until the job is done.
     _running: HandlerRunning,
-    watch: Arc<ConnectionWatch>,
-    send_timeout: Duration,
+    /// Refills of a streamed response body run here.
+    pool: WorkerPool,
+    rate: ResponseRate,
 }
 
 impl HandlerJob {
@@ -311,8 +346,8 @@ impl HandlerJob {
             sender,
             mut log,
             _running,
-            watch,
-            send_timeout,
+            pool,
+            rate,
         } = self;
         let span = tracing::info_span!("request", method = %log.method, path = log.uri.path());
         let _entered = span.enter();
@@ -361,60 +396,27 @@ impl HandlerJob {
                 first,
                 length,
             } => {
-                let mut body = ResponseBody::stream(pipe, first, log);
+                let mut body = ResponseBody::stream(pipe, first, log, rate);
                 body.length = length;
                 sender.send(Outcome::Response(http::Response::from_parts(parts, body)));
                 return;
             }
             StreamSource::Stream(body) => body,
         };
-        let pipe = Pipe::new(PIPE_CAPACITY);
-        let pump_pipe = pipe.clone();
-        let pump = move || {
-            let pumped = catch_unwind(AssertUnwindSafe(|| {
-                stream_into_pipe(body, &pump_pipe, send_timeout)
-            }));
-            match pumped {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) if error.kind() == io::ErrorKind::TimedOut => {
-                    tracing::info!(%error, "response not taken by the client");
-                    watch.abort(AbortReason::SendStalled);
-                }
-                Ok(Err(error)) => tracing::info!(%error, "response body ended early"),
-                Err(panic) => {
-                    tracing::error!(
-                        panic = panic_message(&*panic),
-                        "response body reader panicked"
-                    );
-                    pump_pipe.finish(Err(io::Error::other("response body reader panicked")));
-                }
-            }
-        };
-        match inline {
-            None => {
-                sender.send(Outcome::Response(http::Response::from_parts(
-                    parts,
-                    ResponseBody::stream(pipe, Bytes::new(), log),
-                )));
-                pump();
-            }
-            Some(place) => {
-                let pool = place.into_pool();
-                let span = span.clone();
-                let pump = move || {
-                    let _entered = span.enter();
-                    pump();
-                };
-                if pool.try_execute(Box::new(pump)).is_err() {
-                    tracing::warn!("no worker free to stream the response; answering 503");
-                    sender.send(Outcome::Refused(Some(log)));
-                    return;
-                }
-                sender.send(Outcome::Response(http::Response::from_parts(
-                    parts,
-                    ResponseBody::stream(pipe, Bytes::new(), log),
-                )));
-            }
+        // Pulled (see `Pull`): a worker that ran the handler fills the pipe once, then is
+        // free; the connection asks for each refill when it has taken half. The leader
+        // never reads the body itself: its first fill goes to the pool.
+        let on_worker = inline.is_none();
+        drop(inline);
+        let pull = Pull::new(body, PIPE_CAPACITY, pool, on_worker);
+        sender.send(Outcome::Response(http::Response::from_parts(
+            parts,
+            ResponseBody::pulled(pull.clone(), log, rate),
+        )));
+        if on_worker {
+            pull.produce();
+        } else {
+            pull.want_more();
         }
     }
 }
@@ -807,7 +809,10 @@ impl ResponseFuture {
 
     fn answer(&self, outcome: Outcome) -> Result<http::Response<ResponseBody>, Never> {
         match outcome {
-            Outcome::Response(response) => Ok(response),
+            Outcome::Response(mut response) => {
+                response.body_mut().start_pace();
+                Ok(response)
+            }
             Outcome::Panicked(mut log) => {
                 // HTTP/2 too: the head cannot have gone out, so the client gets an answer
                 // rather than a reset stream it cannot tell from a network failure.
@@ -1048,6 +1053,8 @@ enum ResponseKind {
     /// A response pipe fed by a worker, or a request pipe fed by the connection (an
     /// echo), after `first` (what the handler left of a chunk it began to read).
     Stream(Arc<Pipe>, Option<Bytes>),
+    /// A reader's body, read on a worker chunk by chunk when the connection asks.
+    Pulled(Arc<Pull>),
 }
 
 /// The response body as hyper polls it, on the reactor.
@@ -1058,6 +1065,8 @@ pub(crate) struct ResponseBody {
     /// A streamed body's length when known (a forwarded request body that declared it):
     /// hyper then sends `Content-Length` rather than chunks.
     length: Option<u64>,
+    /// Streamed bodies: the client's pace, held to the send timeout and minimum rate.
+    pace: Option<Box<ResponsePace>>,
 }
 
 impl ResponseBody {
@@ -1067,15 +1076,35 @@ impl ResponseBody {
             log,
             complete: false,
             length: None,
+            pace: None,
         }
     }
 
-    fn stream(pipe: Arc<Pipe>, first: Bytes, log: AccessLog) -> ResponseBody {
+    fn stream(pipe: Arc<Pipe>, first: Bytes, log: AccessLog, rate: ResponseRate) -> ResponseBody {
         ResponseBody {
             kind: ResponseKind::Stream(pipe, Some(first).filter(|b| !b.is_empty())),
             log,
             complete: false,
             length: None,
+            pace: Some(Box::new(ResponsePace::new(rate))),
+        }
+    }
+
+    fn pulled(pull: Arc<Pull>, log: AccessLog, rate: ResponseRate) -> ResponseBody {
+        ResponseBody {
+            kind: ResponseKind::Pulled(pull),
+            log,
+            complete: false,
+            length: None,
+            pace: Some(Box::new(ResponsePace::new(rate))),
+        }
+    }
+
+    /// The response goes to the client: from now on its pace counts (a client that opens
+    /// with a zero window never lets hyper poll the body at all).
+    fn start_pace(&mut self) {
+        if let Some(pace) = &mut self.pace {
+            pace.polled(0, true);
         }
     }
 }
@@ -1093,11 +1122,26 @@ impl http_body::Body for ResponseBody {
             ResponseKind::Full(bytes) => Poll::Ready(bytes.take().map(Ok)),
             ResponseKind::Stream(_, first @ Some(_)) => Poll::Ready(first.take().map(Ok)),
             ResponseKind::Stream(pipe, None) => pipe.poll_pop(cx),
+            ResponseKind::Pulled(pull) => {
+                let next = pull.pipe.poll_pop(cx);
+                pull.want_more();
+                next
+            }
         };
         match &next {
             Poll::Ready(Some(Ok(chunk))) => this.log.sent += chunk.len() as u64,
             Poll::Ready(None) => this.complete = true,
             _ => {}
+        }
+        if let Some(pace) = &mut this.pace {
+            match &next {
+                // Until hyper asks for the next chunk, the client (its window or socket) is
+                // what holds the one just handed over: data ready, client's time.
+                Poll::Ready(Some(Ok(chunk))) => pace.polled(chunk.len(), true),
+                // Nothing ready yet: the server's time.
+                Poll::Pending => pace.polled(0, false),
+                Poll::Ready(_) => pace.done(),
+            }
         }
         next.map(|chunk| chunk.map(|chunk| chunk.map(Frame::data)))
     }
@@ -1110,7 +1154,7 @@ impl http_body::Body for ResponseBody {
         match &self.kind {
             ResponseKind::Full(None) => SizeHint::with_exact(0),
             ResponseKind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            ResponseKind::Stream(..) => match self.length {
+            ResponseKind::Stream(..) | ResponseKind::Pulled(_) => match self.length {
                 Some(length) => SizeHint::with_exact(length.saturating_sub(self.log.sent)),
                 None => SizeHint::default(),
             },
@@ -1120,9 +1164,15 @@ impl http_body::Body for ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let ResponseKind::Stream(pipe, _) = &self.kind {
+        match &self.kind {
             // Releases a worker blocked on a client that went away.
-            pipe.close_consumer();
+            ResponseKind::Stream(pipe, _) => pipe.close_consumer(),
+            // Stops a refill in progress; the reader is dropped with the last reference.
+            ResponseKind::Pulled(pull) => pull.pipe.close_consumer(),
+            ResponseKind::Full(_) => {}
+        }
+        if let Some(pace) = &mut self.pace {
+            pace.done();
         }
         let complete = self.complete || matches!(self.kind, ResponseKind::Full(None));
         self.log

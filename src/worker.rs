@@ -226,14 +226,6 @@ pub(crate) struct InlineRun {
     pool: WorkerPool,
 }
 
-impl InlineRun {
-    /// Releases the place and gives the pool back, for work that must continue on a pool
-    /// thread (a streamed response body).
-    pub(crate) fn into_pool(self) -> WorkerPool {
-        self.pool.clone()
-    }
-}
-
 impl Drop for InlineRun {
     fn drop(&mut self) {
         let inner = &self.pool.inner;

@@ -379,13 +379,12 @@ fn connection_limit_pauses_accepting_until_one_closes() {
         .expect("spawn");
     let addr = addr(&handle);
     block_on(async move {
-        let mut first = Client::connect_tls(addr, Version::HTTP_11).await;
-        let mut second = Client::connect_tls(addr, Version::HTTP_11).await;
-        assert_eq!(first.get("/1").await.expect("GET 1").status, StatusCode::OK);
-        assert_eq!(
-            second.get("/2").await.expect("GET 2").status,
-            StatusCode::OK
-        );
+        // Two connections that never start their handshake: counted from accept, and not
+        // idle keep-alive connections, which would be closed to make room (that case is
+        // tests/hostile.rs `at_the_connection_limit_the_longest_idle_connection_makes_room`).
+        let first = tcp(addr).await.expect("connect 1");
+        let _second = tcp(addr).await.expect("connect 2");
+        tokio::time::sleep(Duration::from_millis(200)).await;
 
         // A third connection waits in the kernel's backlog: its handshake does not finish.
         let third = tokio::spawn(async move { Client::connect_tls(addr, Version::HTTP_11).await });
@@ -402,10 +401,6 @@ fn connection_limit_pauses_accepting_until_one_closes() {
             .expect("connect task");
         let reply = third.get("/3").await.expect("GET 3");
         assert_eq!(reply.status, StatusCode::OK);
-        assert_eq!(
-            second.get("/2b").await.expect("GET 2b").status,
-            StatusCode::OK
-        );
     });
     stop(handle);
 }

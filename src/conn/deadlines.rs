@@ -28,15 +28,18 @@ pub(crate) enum AbortReason {
     TooManyHandlers,
     /// HTTP/2: the client reset more requests than it let finish (rapid reset).
     ResetFlood,
+    /// The server is at `max_connections` and this connection has been idle longest.
+    MakeRoom,
 }
 
 impl AbortReason {
     /// Every reason, in discriminant order (for decoding the atomic).
-    const ALL: [AbortReason; 4] = [
+    const ALL: [AbortReason; 5] = [
         AbortReason::BodyTooSlow,
         AbortReason::SendStalled,
         AbortReason::TooManyHandlers,
         AbortReason::ResetFlood,
+        AbortReason::MakeRoom,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -45,6 +48,7 @@ impl AbortReason {
             AbortReason::SendStalled => "client stopped reading the response",
             AbortReason::TooManyHandlers => "too many handlers in flight (streams reset)",
             AbortReason::ResetFlood => "client reset more requests than it let finish",
+            AbortReason::MakeRoom => "idle longest while the server is at max_connections",
         }
     }
 }
@@ -338,5 +342,96 @@ mod tests {
             watch.abort(AbortReason::ALL[(i + 1) % AbortReason::ALL.len()]);
             assert_eq!(watch.aborted(), Some(reason));
         }
+    }
+}
+
+/// The minimum rate and the inactivity timeout a streamed response is held to.
+#[derive(Clone)]
+pub(crate) struct ResponseRate {
+    pub(crate) clock: Clock,
+    /// Bytes per second, 0 for none ([`Limits::min_response_body_rate`](crate::Limits)).
+    pub(crate) min_rate: u64,
+    pub(crate) grace: Duration,
+    pub(crate) send_timeout: Duration,
+}
+
+/// What a streamed response body measures of its client: the time the client (its socket
+/// or its HTTP/2 window) kept data that was ready from being sent, and the bytes sent.
+pub(crate) struct ResponsePace {
+    rate: ResponseRate,
+    /// Data is ready and waits for the client since then.
+    waiting_since: Option<Instant>,
+    /// Time spent waiting for the client, before `waiting_since`.
+    waited: Duration,
+    sent: u64,
+}
+
+impl ResponsePace {
+    pub(crate) fn new(rate: ResponseRate) -> ResponsePace {
+        ResponsePace {
+            rate,
+            waiting_since: None,
+            waited: Duration::ZERO,
+            sent: 0,
+        }
+    }
+
+    /// The connection took a chunk of `sent` bytes (0 when none was ready); `data_ready`
+    /// when more is already queued, so that from now on only the client holds it back.
+    /// Reports to the task polling the body (see [`report_response_cut`]) when it must be
+    /// cut if not polled again.
+    pub(crate) fn polled(&mut self, sent: usize, data_ready: bool) {
+        let now = self.rate.clock.now();
+        if let Some(since) = self.waiting_since.take() {
+            self.waited += now.saturating_duration_since(since);
+        }
+        self.sent += sent as u64;
+        if !data_ready {
+            report_response_cut(None);
+            return;
+        }
+        self.waiting_since = Some(now);
+        let mut cut = now + self.rate.send_timeout;
+        if self.rate.min_rate > 0 {
+            // The waited time at which the bytes sent fall below the minimum rate.
+            let allowed = Duration::from_secs_f64(self.sent as f64 / self.rate.min_rate as f64)
+                .max(self.rate.grace);
+            cut = cut.min(now + allowed.saturating_sub(self.waited));
+        }
+        report_response_cut(Some(cut));
+    }
+
+    /// The body ended or was dropped: nothing to watch any more.
+    pub(crate) fn done(&mut self) {
+        self.waiting_since = None;
+        report_response_cut(None);
+    }
+}
+
+thread_local! {
+    /// What the last response body polled on this thread asked of its task's watchdog:
+    /// `Some(Some(at))` cut it at `at` unless polled again, `Some(None)` nothing to watch,
+    /// `None` no report.
+    static RESPONSE_CUT: std::cell::Cell<Option<Option<Instant>>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Called by a streamed response body from inside its task's poll.
+pub(crate) fn report_response_cut(at: Option<Instant>) {
+    RESPONSE_CUT.with(|cut| cut.set(Some(at)));
+}
+
+/// Called by the task around its poll: the report of the body polled meanwhile, if any.
+pub(crate) fn take_response_cut() -> Option<Option<Instant>> {
+    RESPONSE_CUT.with(|cut| cut.take())
+}
+
+impl crate::reactor::Evictable for ConnectionWatch {
+    fn idle_since(&self) -> Option<Instant> {
+        ConnectionWatch::idle_since(self)
+    }
+
+    fn evict(&self) {
+        self.abort(AbortReason::MakeRoom);
     }
 }

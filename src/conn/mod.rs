@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 use hyper::server::conn::{http1, http2};
 use tracing::Instrument;
 
-use crate::reactor::task::{BoxFuture, Spawner};
-use crate::reactor::timer::{with_deadline, Deadline, ReactorTimer};
+use crate::reactor::task::{BoxFuture, RunQueue};
+use crate::reactor::timer::{with_deadline, Deadline, ReactorTimer, TimerQueue};
 use crate::reactor::ReactorHandle;
 use crate::server::Protocols;
 use crate::service::{Dispatch, Service};
 use crate::worker::WorkerPool;
 use crate::Limits;
-use deadlines::{AbortReason, ConnectionWatch};
+use deadlines::{take_response_cut, AbortReason, ConnectionWatch};
 use transport::{Socket, Transport};
 
 /// After GOAWAY for an idle or abusive HTTP/2 connection (or the idle close of an HTTP/1
@@ -80,6 +80,7 @@ impl ServerContext {
         }
         let mut h2 = http2::Builder::new(Spawner {
             run_queue: reactor.run_queue.clone(),
+            timers: reactor.timers.clone(),
         });
         h2.timer(timer)
             .max_concurrent_streams(limits.max_concurrent_streams)
@@ -107,6 +108,86 @@ impl ServerContext {
 
     fn timer(&self) -> ReactorTimer {
         ReactorTimer::new(self.reactor.timers.clone())
+    }
+}
+
+/// hyper's executor for HTTP/2 stream futures: they run as tasks on the reactor that
+/// drives their connection, inside the connection's tracing span, each under a
+/// [`ResponseWatchdog`].
+#[derive(Clone)]
+pub(crate) struct Spawner {
+    run_queue: Arc<RunQueue>,
+    timers: Arc<TimerQueue>,
+}
+
+impl<F> hyper::rt::Executor<F> for Spawner
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let watched = ResponseWatchdog {
+            stream: future,
+            cut: None,
+            timers: self.timers.clone(),
+        };
+        self.run_queue
+            .spawn(Box::pin(watched.instrument(tracing::Span::current())));
+    }
+}
+
+/// Ends an HTTP/2 stream whose client takes its streamed response too slowly: the
+/// response body, polled inside the stream's task, reports when it must be cut if the
+/// client does not take more (`deadlines::ResponsePace`); when that instant passes first,
+/// the stream's future is dropped, which resets the stream (`RST_STREAM`), frees its
+/// buffers and stops its body's reader. A zero window never lets hyper poll the body, so
+/// this deadline lives outside it.
+struct ResponseWatchdog<F> {
+    stream: F,
+    cut: Option<Deadline>,
+    timers: Arc<TimerQueue>,
+}
+
+impl<F: Future<Output = ()>> Future for ResponseWatchdog<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: `stream` is structurally pinned: it is never moved out of `self`, and
+        // `ResponseWatchdog` has no `Drop` impl; the other fields are `Unpin` and are never
+        // pinned.
+        let this = unsafe { self.get_unchecked_mut() };
+        if let Some(cut) = &mut this.cut {
+            if Pin::new(cut).poll(cx).is_ready() {
+                tracing::info!(
+                    "resetting stream: the client takes the response below the minimum data rate or not at all"
+                );
+                return Poll::Ready(());
+            }
+        }
+        let _stale = take_response_cut();
+        // SAFETY: see above.
+        let stream = unsafe { Pin::new_unchecked(&mut this.stream) };
+        if stream.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        match take_response_cut() {
+            None => {}
+            Some(None) => this.cut = None,
+            Some(Some(at)) => {
+                match &mut this.cut {
+                    Some(cut) => cut.reset(at),
+                    None => this.cut = Some(Deadline::new(&this.timers, at)),
+                }
+                if let Some(cut) = &mut this.cut {
+                    if Pin::new(cut).poll(cx).is_ready() {
+                        tracing::info!(
+                            "resetting stream: the client takes the response below the minimum data rate or not at all"
+                        );
+                        return Poll::Ready(());
+                    }
+                }
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -153,6 +234,7 @@ async fn run<S: Socket>(ctx: Arc<ServerContext>, socket: S, peer: SocketAddr, lo
         return;
     };
     tracing::Span::current().record("protocol", tracing::field::display(protocol));
+    transport.set_evictable(watch.clone());
     let info = ConnectionInfo::new(addrs, local, protocol, transport.tls());
     let dispatch = Dispatch::new(ctx.clone(), info, watch.clone());
     let end = match protocol {
@@ -254,6 +336,7 @@ enum End {
 enum Next {
     Idle,
     SendStalled,
+    ResponseTooSlow,
     CloseGrace,
     Linger,
 }
@@ -279,6 +362,9 @@ async fn drive<C: GracefulShutdown>(
     let mut cut_at: Option<Instant> = None;
     let timer = ctx.timer();
     let mut deadline = timer.deadline_in(ctx.limits.idle_timeout);
+    // HTTP/1: when the response being streamed must be cut unless the client takes more
+    // (see `ResponseWatchdog` for HTTP/2).
+    let mut response_cut: Option<Instant> = None;
     poll_fn(|cx: &mut Context<'_>| {
         watch.register(cx.waker());
         let mut begin_graceful = |reason: Option<&str>| {
@@ -292,7 +378,11 @@ async fn drive<C: GracefulShutdown>(
         };
         match watch.aborted() {
             None => {}
-            Some(reason @ (AbortReason::TooManyHandlers | AbortReason::ResetFlood)) => {
+            Some(
+                reason @ (AbortReason::TooManyHandlers
+                | AbortReason::ResetFlood
+                | AbortReason::MakeRoom),
+            ) => {
                 begin_graceful(Some(reason.as_str()));
                 cut_at.get_or_insert_with(|| timer.now() + CLOSE_GRACE);
             }
@@ -302,7 +392,11 @@ async fn drive<C: GracefulShutdown>(
             begin_graceful(None);
         }
         watch.set_polling(true);
+        let _stale = take_response_cut();
         let polled = connection.as_mut().poll(cx);
+        if let Some(cut) = take_response_cut() {
+            response_cut = cut;
+        }
         watch.set_polling(false);
         if let Poll::Ready(result) = polled {
             return Poll::Ready(End::Closed(result));
@@ -322,6 +416,9 @@ async fn drive<C: GracefulShutdown>(
             }
             if let Some(since) = watch.write_stalled_since() {
                 consider(since + ctx.limits.send_timeout, Next::SendStalled);
+            }
+            if let Some(at) = response_cut {
+                consider(at, Next::ResponseTooSlow);
             }
             if let Some(since) = watch.lingering_since() {
                 consider(since + LINGER_TIMEOUT, Next::Linger);
@@ -345,6 +442,9 @@ async fn drive<C: GracefulShutdown>(
                     Next::SendStalled => {
                         return Poll::Ready(End::Cut("send timeout: the client stopped reading"))
                     }
+                    Next::ResponseTooSlow => return Poll::Ready(End::Cut(
+                        "the client takes the response below the minimum data rate or not at all",
+                    )),
                     Next::CloseGrace => {
                         return Poll::Ready(End::Cut("did not close within the grace period"))
                     }

@@ -17,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::reactor::ReadyStream;
+use crate::reactor::{coop, ReadyStream};
 use bytes::{Buf, Bytes};
 use hyper::rt::ReadBufCursor;
 use rustls::ServerConnection;
@@ -40,11 +40,18 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub(crate) trait Socket: Read + Write + Send + Unpin + 'static {
     /// Closes the writing half (after the last response, or after close_notify).
     fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// The connection serves HTTP: the reactor may close it when idle to make room.
+    fn set_evictable(&self, _watch: Arc<ConnectionWatch>) {}
 }
 
 impl Socket for ReadyStream {
     fn shutdown_write(&mut self) -> io::Result<()> {
         ReadyStream::shutdown_write(self)
+    }
+
+    fn set_evictable(&self, watch: Arc<ConnectionWatch>) {
+        ReadyStream::set_evictable(self, watch);
     }
 }
 
@@ -55,6 +62,10 @@ pub(crate) struct Transport<S> {
     /// Bytes already read while sniffing for the h2c preface, served before the socket.
     sniffed: Bytes,
     close_notify_sent: bool,
+    /// The first bytes the client sent, kept during the handshake to recognise plain HTTP
+    /// sent to the TLS port.
+    first: [u8; 8],
+    first_len: u8,
     /// The writing half is closed; the lingering close reads what the client still sends.
     write_shut: bool,
     /// Told when writes stall on a full socket and when they move again (send timeout).
@@ -76,9 +87,16 @@ impl<S: Socket> Transport<S> {
             tls: tls.map(Box::new),
             sniffed: Bytes::new(),
             close_notify_sent: false,
+            first: [0; 8],
+            first_len: 0,
             write_shut: false,
             watch,
         }
+    }
+
+    /// See [`Socket::set_evictable`].
+    pub(crate) fn set_evictable(&self, watch: Arc<ConnectionWatch>) {
+        self.socket.set_evictable(watch);
     }
 
     /// The rustls session, after the handshake.
@@ -115,12 +133,21 @@ impl<S: Socket> Transport<S> {
             if !tls.is_handshaking() {
                 return Poll::Ready(Ok(()));
             }
-            // Bytes read before TLS began (past a PROXY header) come first.
+            // Bytes read before TLS began (past a PROXY header) come first. The first
+            // bytes are recorded either way (plain HTTP on the TLS port).
             let read = if self.sniffed.is_empty() {
-                tls.read_tls(&mut self.socket)
+                tls.read_tls(&mut Recording {
+                    socket: &mut self.socket,
+                    first: &mut self.first,
+                    first_len: &mut self.first_len,
+                })
             } else {
                 let mut replay = &self.sniffed[..];
-                let read = tls.read_tls(&mut replay);
+                let read = tls.read_tls(&mut Recording {
+                    socket: &mut replay,
+                    first: &mut self.first,
+                    first_len: &mut self.first_len,
+                });
                 self.sniffed.advance(*read.as_ref().unwrap_or(&0));
                 read
             };
@@ -133,6 +160,17 @@ impl<S: Socket> Transport<S> {
                 }
                 Ok(_) => {
                     if let Err(error) = tls.process_new_packets() {
+                        let seen = &self.first[..usize::from(self.first_len)];
+                        if looks_like_http(seen) {
+                            // As nginx and Go: a plain-text answer the client can show,
+                            // rather than an alert it reads as HTTP/0.9.
+                            let _ = self.socket.write(PLAIN_HTTP_ANSWER);
+                            let _ = self.socket.shutdown_write();
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "plain HTTP sent to the TLS port; answered 400",
+                            )));
+                        }
                         send_alert(tls, &mut self.socket);
                         return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, error)));
                     }
@@ -193,6 +231,41 @@ impl<S: Socket> Transport<S> {
     }
 }
 
+/// The answer to plain HTTP on a TLS port.
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Content-Length: 70\r\n\
+Connection: close\r\n\r\n\
+400 Bad Request: this port speaks HTTPS, not plain HTTP; use https://\n";
+
+/// Whether the first bytes of a connection are the start of an HTTP/1 request line: a
+/// method token of capital letters, then a space. (A TLS record starts with a content
+/// type byte below 0x20, so the two cannot be confused.)
+fn looks_like_http(first: &[u8]) -> bool {
+    let Some(space) = first.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    space >= 3 && first[..space].iter().all(u8::is_ascii_uppercase)
+}
+
+/// A reader that keeps the first bytes read through it.
+struct Recording<'a, S> {
+    socket: &'a mut S,
+    first: &'a mut [u8; 8],
+    first_len: &'a mut u8,
+}
+
+impl<S: Read> Read for Recording<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.socket.read(buf)?;
+        let have = usize::from(*self.first_len);
+        let take = n.min(self.first.len() - have);
+        self.first[have..have + take].copy_from_slice(&buf[..take]);
+        *self.first_len += take as u8;
+        Ok(n)
+    }
+}
+
 /// Best effort: after rustls rejected the peer's data it queues an alert; send it.
 fn send_alert(tls: &mut ServerConnection, socket: &mut dyn Write) {
     while tls.wants_write() {
@@ -205,13 +278,29 @@ fn send_alert(tls: &mut ServerConnection, socket: &mut dyn Write) {
 impl<S: Socket> hyper::rt::Read for Transport<S> {
     fn poll_read(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
         mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        // The poll's budget (see `reactor::coop`): once spent, the task goes behind the
+        // others, whatever the peer keeps sending.
+        if coop::poll_proceed(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let before = buf.remaining();
+        let result = this.read_into(&mut buf);
+        coop::spend(before - buf.remaining());
+        result
+    }
+}
+
+impl<S: Socket> Transport<S> {
+    /// One read for hyper, at most [`MAX_READ`] bytes.
+    fn read_into(&mut self, buf: &mut ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+        let this = self;
         if !this.sniffed.is_empty() {
             let n = this.sniffed.len().min(buf.remaining());
             buf.put_slice(&this.sniffed[..n]);
@@ -381,5 +470,22 @@ impl<S: Socket> Transport<S> {
                 Err(_) => return Poll::Ready(Ok(())),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_recognised_and_tls_is_not() {
+        assert!(looks_like_http(b"GET / HT"));
+        assert!(looks_like_http(b"OPTIONS "));
+        assert!(!looks_like_http(b"\x16\x03\x01\x02\x00\x01\x00\x01"));
+        assert!(!looks_like_http(b"get / HT"));
+        assert!(!looks_like_http(b"GE"));
+        let text = std::str::from_utf8(PLAIN_HTTP_ANSWER).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
     }
 }

@@ -6,15 +6,16 @@
 //! task once at once (the request may already be in the socket). From then on every
 //! readiness event for the token wakes the task, and the task retries its I/O.
 
+pub(crate) mod coop;
 pub(crate) mod leader;
 pub(crate) mod task;
 pub(crate) mod timer;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -50,6 +51,22 @@ pub(crate) struct Readiness {
     /// The peer closed its side or the socket failed: from then on every read goes to the
     /// socket (the end of the stream raises no further edge).
     closed: AtomicBool,
+    /// Set by the connection once it serves HTTP: what the reactor asks when it must close
+    /// an idle connection to make room (`max_connections`).
+    evictable: OnceLock<Arc<dyn Evictable>>,
+}
+
+/// A connection the reactor may close to make room for a new one at `max_connections`.
+pub(crate) trait Evictable: Send + Sync {
+    /// For `Readiness`'s `Debug`.
+    fn describe(&self) -> &'static str {
+        "connection"
+    }
+
+    /// Since when nothing has been in flight, if nothing is.
+    fn idle_since(&self) -> Option<Instant>;
+    /// Asks the connection to close gracefully (HTTP/2: GOAWAY).
+    fn evict(&self);
 }
 
 impl Readiness {
@@ -58,6 +75,7 @@ impl Readiness {
         Arc::new(Readiness {
             readable: AtomicBool::new(true),
             closed: AtomicBool::new(false),
+            evictable: OnceLock::new(),
         })
     }
 
@@ -71,10 +89,61 @@ impl Readiness {
     }
 }
 
+impl std::fmt::Debug for dyn Evictable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
 /// An accepted socket that skips reads the reactor knows would block (see [`Readiness`]).
 pub(crate) struct ReadyStream {
     socket: TcpStream,
     readiness: Arc<Readiness>,
+    /// Holds the peer address's place under `max_connections_per_ip`.
+    _peer: PeerPlace,
+}
+
+/// Connections open per peer address, shared by a reactor and its connections' sockets.
+type PeerCounts = Arc<Mutex<HashMap<IpAddr, u32>>>;
+
+fn lock_counts(counts: &PeerCounts) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+    // Nothing panics while holding this lock.
+    counts.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One connection's place among its address's connections; given back when the socket
+/// closes.
+struct PeerPlace {
+    counts: PeerCounts,
+    ip: IpAddr,
+}
+
+impl PeerPlace {
+    /// Takes a place for `ip`, or `None` when it already has `limit` connections.
+    fn take(counts: &PeerCounts, ip: IpAddr, limit: usize) -> Option<PeerPlace> {
+        let mut map = lock_counts(counts);
+        let open = map.entry(ip).or_insert(0);
+        if *open as usize >= limit {
+            return None;
+        }
+        *open += 1;
+        Some(PeerPlace {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerPlace {
+    fn drop(&mut self) {
+        let mut map = lock_counts(&self.counts);
+        if let Some(open) = map.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl io::Read for ReadyStream {
@@ -111,6 +180,11 @@ impl io::Write for ReadyStream {
 }
 
 impl ReadyStream {
+    /// The connection serves HTTP now: the reactor may close it when idle to make room.
+    pub(crate) fn set_evictable(&self, evictable: Arc<dyn Evictable>) {
+        let _ = self.readiness.evictable.set(evictable);
+    }
+
     /// Closes the writing half.
     pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
         self.socket.shutdown(std::net::Shutdown::Write)
@@ -154,6 +228,7 @@ struct Listener {
 /// Settings the reactor itself enforces.
 pub(crate) struct ReactorConfig {
     pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: usize,
     pub(crate) drain_timeout: Duration,
 }
 
@@ -166,6 +241,10 @@ pub(crate) struct Reactor {
     config: ReactorConfig,
     new_connection: Option<ConnectionFactory>,
     connections: usize,
+    /// Connections open per peer address (`max_connections_per_ip`).
+    per_ip: PeerCounts,
+    /// An idle connection was asked to close to make room; cleared when one ends.
+    evicting: bool,
     /// Set when `max_connections` stopped accepting; cleared when a connection ends.
     accept_full: bool,
     /// Set when a connection closed below the limit: the backlog may hold connections
@@ -209,6 +288,8 @@ impl Reactor {
             config,
             new_connection: None,
             connections: 0,
+            per_ip: PeerCounts::default(),
+            evicting: false,
             accept_full: false,
             accept_again: false,
             accept_paused_until: None,
@@ -343,6 +424,14 @@ impl Reactor {
                         );
                     }
                     self.accept_full = true;
+                    // As nginx: the longest-idle keep-alive connection makes room, one at
+                    // a time (accepting resumes when it has closed).
+                    if !self.evicting
+                        && has_pending_connection(&self.listeners[index].socket)
+                        && self.tasks.evict_longest_idle()
+                    {
+                        self.evicting = true;
+                    }
                     return;
                 }
                 match self.listeners[index].socket.accept() {
@@ -366,6 +455,16 @@ impl Reactor {
     }
 
     fn start_connection(&mut self, listener: usize, mut socket: TcpStream, peer: SocketAddr) {
+        let Some(place) =
+            PeerPlace::take(&self.per_ip, peer.ip(), self.config.max_connections_per_ip)
+        else {
+            tracing::info!(
+                %peer,
+                limit = self.config.max_connections_per_ip,
+                "closing new connection: too many from this address"
+            );
+            return;
+        };
         let listen_addr = self.listeners[listener].local_addr;
         let local_addr = if listen_addr.ip().is_unspecified() {
             socket.local_addr().unwrap_or(listen_addr)
@@ -393,6 +492,7 @@ impl Reactor {
         let socket = ReadyStream {
             socket,
             readiness: readiness.clone(),
+            _peer: place,
         };
         let future = new_connection(socket, peer, local_addr);
         self.connections += 1;
@@ -407,6 +507,7 @@ impl Reactor {
             return;
         }
         self.connections -= ended;
+        self.evicting = false;
         if self.accept_full && self.connections < self.config.max_connections {
             self.accept_full = false;
             self.accept_again = true;
@@ -424,4 +525,19 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
             | io::ErrorKind::Interrupted
             | io::ErrorKind::PermissionDenied
     )
+}
+
+/// Whether a connection waits in the listener's backlog (no system call is made unless
+/// the server is at `max_connections`).
+fn has_pending_connection(listener: &TcpListener) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut poll_fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `poll_fd` is a valid, initialised pollfd that lives across the call, the
+    // count passed is 1, and a zero timeout makes the call return at once.
+    let ready = unsafe { libc::poll(&mut poll_fd, 1, 0) };
+    ready > 0 && poll_fd.revents & libc::POLLIN != 0
 }

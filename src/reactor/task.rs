@@ -142,24 +142,6 @@ impl Wake for TaskId {
     }
 }
 
-/// hyper's executor for HTTP/2 stream futures: they run as tasks on the reactor that
-/// drives their connection, inside the connection's tracing span.
-#[derive(Clone)]
-pub(crate) struct Spawner {
-    pub(crate) run_queue: Arc<RunQueue>,
-}
-
-impl<F> hyper::rt::Executor<F> for Spawner
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, future: F) {
-        use tracing::Instrument;
-        self.run_queue
-            .spawn(Box::pin(future.instrument(tracing::Span::current())));
-    }
-}
-
 /// How many task polls run before the reactor looks at the sockets again (tokio's
 /// scheduler checks its I/O driver every 61 tasks; 16 measured best here). Bounded by
 /// polls, not rounds: while workers keep finishing handlers every round finds tasks to
@@ -184,6 +166,9 @@ pub(crate) struct Executor {
     run_queue: Arc<RunQueue>,
     /// Tasks made ready by I/O events, to poll next.
     ready: Vec<Arc<TaskId>>,
+    /// Tasks whose last poll spent its budget (`coop`): polled again on the next call of
+    /// [`Executor::run_ready`], after the tasks that I/O events made ready since.
+    yielded: Vec<Arc<TaskId>>,
     /// Scratch buffers of `run_ready`, kept so that the hot path does not allocate.
     polling: Vec<Arc<TaskId>>,
     spawned: Vec<BoxFuture>,
@@ -195,6 +180,7 @@ impl Executor {
             tasks: Slab::new(),
             run_queue,
             ready: Vec::new(),
+            yielded: Vec::new(),
             polling: Vec::new(),
             spawned: Vec::new(),
         }
@@ -236,6 +222,29 @@ impl Executor {
         }
     }
 
+    /// Asks the connection that has been idle longest to close (see
+    /// [`super::Evictable`]); false if none is idle.
+    pub(crate) fn evict_longest_idle(&mut self) -> bool {
+        let mut longest: Option<(std::time::Instant, &Arc<dyn super::Evictable>)> = None;
+        for (_, task) in self.tasks.iter() {
+            let Some(evictable) = task.readiness.as_ref().and_then(|r| r.evictable.get()) else {
+                continue;
+            };
+            if let Some(since) = evictable.idle_since() {
+                if longest.is_none_or(|(oldest, _)| since < oldest) {
+                    longest = Some((since, evictable));
+                }
+            }
+        }
+        match longest {
+            Some((_, evictable)) => {
+                evictable.evict();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Makes every task ready (shutdown: each connection begins to close).
     pub(crate) fn mark_all_ready(&mut self) {
         for (_, task) in self.tasks.iter() {
@@ -247,7 +256,7 @@ impl Executor {
 
     /// Whether tasks wait to be polled because of I/O events.
     pub(crate) fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
+        !self.ready.is_empty() || !self.yielded.is_empty()
     }
 
     /// Adds a task under [`Executor::next_key`] and polls it once. True if it was a
@@ -287,6 +296,9 @@ impl Executor {
         let mut ready = std::mem::take(&mut self.polling);
         let mut spawned = std::mem::take(&mut self.spawned);
         let mut polls = 0;
+        // Tasks that gave up their last poll for want of budget come after those that
+        // I/O events made ready meanwhile.
+        self.ready.append(&mut self.yielded);
         while polls < TASK_POLLS_PER_IO_CHECK {
             self.run_queue.take_spawned(&mut spawned);
             for future in spawned.drain(..) {
@@ -329,7 +341,11 @@ impl Executor {
             return false;
         };
         let mut cx = Context::from_waker(&task.waker);
+        super::coop::reset();
         if task.future.as_mut().poll(&mut cx).is_pending() {
+            if super::coop::take_yielded() && task.id.mark_queued() {
+                self.yielded.push(task.id.clone());
+            }
             return false;
         }
         self.tasks.remove(key).is_connection
