@@ -1,5 +1,14 @@
-//! The reactor: one thread that owns a `mio::Poll`, accepts TCP connections, drives every
-//! connection's state machine as a task, and keeps the deadlines.
+//! The reactor: one thread at a time owns a `mio::Poll`, accepts TCP connections, drives
+//! every connection's state machine as a task, and keeps the deadlines.
+//!
+//! A server runs one reactor per core ([`Server::reactors`](crate::Server::reactors)).
+//! Each owns its poll, tasks, timers and leader/followers; a connection stays on the
+//! reactor that accepted it for its whole life. The reactors share only what makes the
+//! limits global ([`Shared`]: the open-connection count and the per-address counts) and
+//! the listening sockets: each reactor registers its own duplicate of every listener,
+//! with `EPOLLEXCLUSIVE` when there are several reactors, so a new connection wakes one
+//! idle reactor instead of all of them (see `docs/architecture.md` for why not
+//! `SO_REUSEPORT` or a hand-off thread).
 //!
 //! A byte's path starts here: a listener becomes readable, [`Reactor::accept_ready`] takes
 //! the socket, registers it under the token of the task that will own it, and polls that
@@ -14,7 +23,7 @@ pub(crate) mod timer;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -193,18 +202,36 @@ impl ReadyStream {
 
 /// State the reactor shares with the outside: the shutdown flag and the run queue.
 pub(crate) struct ReactorHandle {
+    /// Which of the server's reactors this is (0 when there is one).
+    pub(crate) index: usize,
     shutdown: AtomicBool,
+    /// Set by another reactor when a connection ended below `max_connections` while this
+    /// one had stopped accepting at the limit.
+    resume_accept: AtomicBool,
     pub(crate) run_queue: Arc<RunQueue>,
     pub(crate) timers: Arc<TimerQueue>,
 }
 
 impl ReactorHandle {
-    pub(crate) fn new(run_queue: Arc<RunQueue>, timers: Arc<TimerQueue>) -> Arc<ReactorHandle> {
+    pub(crate) fn new(
+        index: usize,
+        run_queue: Arc<RunQueue>,
+        timers: Arc<TimerQueue>,
+    ) -> Arc<ReactorHandle> {
         Arc::new(ReactorHandle {
+            index,
             shutdown: AtomicBool::new(false),
+            resume_accept: AtomicBool::new(false),
             run_queue,
             timers,
         })
+    }
+
+    /// Asks the reactor to try accepting again (a place under `max_connections` freed up
+    /// on another reactor).
+    fn resume_accepting(&self) {
+        self.resume_accept.store(true, Ordering::Release);
+        self.run_queue.wake_now();
     }
 
     /// Asks the reactor to stop accepting and drain.
@@ -220,6 +247,66 @@ impl ReactorHandle {
     }
 }
 
+/// What all the reactors of one server share, so that the connection limits mean the same
+/// whatever the reactor count. Touched once per accepted and once per ended connection,
+/// never per request.
+pub(crate) struct Shared {
+    max_connections: usize,
+    max_connections_per_ip: usize,
+    /// Connections open (or being accepted) on every reactor together.
+    open: AtomicUsize,
+    /// Connections open per peer address (`max_connections_per_ip`).
+    per_ip: PeerCounts,
+    /// Set by a reactor that stopped accepting at `max_connections`: the next connection
+    /// to end, on any reactor, wakes every reactor to accept again.
+    waiting: AtomicBool,
+    reactors: OnceLock<Vec<Arc<ReactorHandle>>>,
+}
+
+impl Shared {
+    pub(crate) fn new(max_connections: usize, max_connections_per_ip: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            max_connections: max_connections.max(1),
+            max_connections_per_ip: max_connections_per_ip.max(1),
+            open: AtomicUsize::new(0),
+            per_ip: PeerCounts::default(),
+            waiting: AtomicBool::new(false),
+            reactors: OnceLock::new(),
+        })
+    }
+
+    /// The reactors to wake when a place frees up; set once they all exist.
+    pub(crate) fn set_reactors(&self, reactors: Vec<Arc<ReactorHandle>>) {
+        let _ = self.reactors.set(reactors);
+    }
+
+    /// Takes a place under `max_connections` for a connection about to be accepted.
+    fn reserve(&self) -> bool {
+        if self.open.fetch_add(1, Ordering::SeqCst) < self.max_connections {
+            return true;
+        }
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        false
+    }
+
+    /// Gives back `count` places; wakes the reactors that stopped accepting at the limit.
+    fn release(&self, count: usize) {
+        self.open.fetch_sub(count, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) && self.waiting.swap(false, Ordering::SeqCst) {
+            for reactor in self.reactors.get().into_iter().flatten() {
+                reactor.resume_accepting();
+            }
+        }
+    }
+
+    /// Called by a reactor that found no place: the next release wakes it. `true` if a
+    /// place freed up meanwhile (taken for the caller), so it can accept at once.
+    fn wait_for_room(&self) -> bool {
+        self.waiting.store(true, Ordering::SeqCst);
+        self.reserve()
+    }
+}
+
 struct Listener {
     socket: TcpListener,
     local_addr: SocketAddr,
@@ -227,10 +314,18 @@ struct Listener {
 
 /// Settings the reactor itself enforces.
 pub(crate) struct ReactorConfig {
-    pub(crate) max_connections: usize,
-    pub(crate) max_connections_per_ip: usize,
+    /// Which of the server's reactors this is.
+    pub(crate) index: usize,
+    /// Whether other reactors accept on the same listeners (then they are registered with
+    /// `EPOLLEXCLUSIVE`).
+    pub(crate) shared_listeners: bool,
     pub(crate) drain_timeout: Duration,
 }
+
+/// Most connections one reactor accepts in a row before it polls its other work again,
+/// leaving the rest of a burst to the other reactors (with `EPOLLEXCLUSIVE`, an idle one
+/// is woken by each new arrival).
+const ACCEPT_BATCH: usize = 32;
 
 /// The event loop. Create with [`Reactor::new`], then [`Reactor::run`] until shutdown.
 pub(crate) struct Reactor {
@@ -240,9 +335,9 @@ pub(crate) struct Reactor {
     handle: Arc<ReactorHandle>,
     config: ReactorConfig,
     new_connection: Option<ConnectionFactory>,
+    /// Connections open on this reactor (the server-wide count is in `shared`).
     connections: usize,
-    /// Connections open per peer address (`max_connections_per_ip`).
-    per_ip: PeerCounts,
+    shared: Arc<Shared>,
     /// An idle connection was asked to close to make room; cleared when one ends.
     evicting: bool,
     /// Set when `max_connections` stopped accepting; cleared when a connection ends.
@@ -265,6 +360,7 @@ impl Reactor {
     /// Creates the poll, registers the listeners (made non-blocking).
     pub(crate) fn new(
         listeners: Vec<std::net::TcpListener>,
+        shared: Arc<Shared>,
         config: ReactorConfig,
     ) -> io::Result<Reactor> {
         let poll = Poll::new()?;
@@ -276,19 +372,23 @@ impl Reactor {
             listener.set_nonblocking(true)?;
             let local_addr = listener.local_addr()?;
             let mut socket = TcpListener::from_std(listener);
-            poll.registry()
-                .register(&mut socket, listener_token(index), Interest::READABLE)?;
+            if config.shared_listeners {
+                register_exclusive(&poll, &mut socket, listener_token(index))?;
+            } else {
+                poll.registry()
+                    .register(&mut socket, listener_token(index), Interest::READABLE)?;
+            }
             registered.push(Listener { socket, local_addr });
         }
         Ok(Reactor {
             poll,
             listeners: registered,
             tasks: Executor::new(run_queue.clone()),
-            handle: ReactorHandle::new(run_queue, timers),
+            handle: ReactorHandle::new(config.index, run_queue, timers),
             config,
             new_connection: None,
             connections: 0,
-            per_ip: PeerCounts::default(),
+            shared,
             evicting: false,
             accept_full: false,
             accept_again: false,
@@ -312,9 +412,10 @@ impl Reactor {
         mut self,
         new_connection: ConnectionFactory,
         pool: crate::worker::WorkerPool,
+        blocking_routes: Arc<leader::BlockingRoutes>,
     ) -> io::Result<()> {
         self.new_connection = Some(new_connection);
-        leader::run(Box::new(self), pool)
+        leader::run(Box::new(self), pool, blocking_routes)
     }
 
     /// One turn of the event loop: polls ready tasks, then (unless they deferred handler
@@ -367,6 +468,10 @@ impl Reactor {
         if self.handle.is_shutting_down() && self.drain_deadline.is_none() {
             self.begin_drain(now);
         }
+        if self.accept_full && self.handle.resume_accept.load(Ordering::Acquire) {
+            self.handle.resume_accept.store(false, Ordering::Release);
+            accept = true;
+        }
         if let Some(until) = self.accept_paused_until {
             if now >= until {
                 self.accept_paused_until = None;
@@ -380,7 +485,11 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.tasks.has_ready() || self.accept_again || self.handle.run_queue.prepare_to_sleep() {
+        if self.tasks.has_ready()
+            || self.accept_again
+            || self.handle.run_queue.prepare_to_sleep()
+            || (self.accept_full && self.handle.resume_accept.load(Ordering::Acquire))
+        {
             return Some(Duration::ZERO);
         }
         let mut timeout = self.handle.timers.next_timeout(now);
@@ -408,34 +517,40 @@ impl Reactor {
         self.tasks.mark_all_ready();
     }
 
-    /// Accepts until the listeners would block, the connection limit is reached, or the
-    /// process is out of descriptors.
+    /// Accepts until the listeners would block, the connection limit is reached, the
+    /// process is out of descriptors, or [`ACCEPT_BATCH`] connections came in a row (then
+    /// it goes on at the next turn).
     fn accept_ready(&mut self) {
         if self.drain_deadline.is_some() || self.accept_paused_until.is_some() {
             return;
         }
+        let mut accepted = 0;
         for index in 0..self.listeners.len() {
             loop {
-                if self.connections >= self.config.max_connections {
-                    if !self.accept_full {
-                        tracing::warn!(
-                            limit = self.config.max_connections,
-                            "connection limit reached; accepting pauses until one closes"
-                        );
-                    }
-                    self.accept_full = true;
-                    // As nginx: the longest-idle keep-alive connection makes room, one at
-                    // a time (accepting resumes when it has closed).
-                    if !self.evicting && self.tasks.evict_longest_idle() {
-                        self.evicting = true;
-                    }
+                if accepted == ACCEPT_BATCH {
+                    self.accept_again = true;
                     return;
                 }
+                if !self.shared.reserve() && !self.wait_for_room() {
+                    return;
+                }
+                // A place under `max_connections` is held from here: `start_connection`
+                // keeps it, every other way out gives it back.
                 match self.listeners[index].socket.accept() {
-                    Ok((socket, peer)) => self.start_connection(index, socket, peer),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if is_transient_accept_error(&e) => continue,
+                    Ok((socket, peer)) => {
+                        accepted += 1;
+                        self.start_connection(index, socket, peer);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.shared.release(1);
+                        break;
+                    }
+                    Err(e) if is_transient_accept_error(&e) => {
+                        self.shared.release(1);
+                        continue;
+                    }
                     Err(e) => {
+                        self.shared.release(1);
                         // EMFILE, ENFILE, ENOBUFS, ENOMEM: the listener stays readable, so
                         // retrying now would spin. Keep serving, try again a little later.
                         tracing::error!(
@@ -451,15 +566,40 @@ impl Reactor {
         }
     }
 
+    /// `max_connections` are open (on all reactors together): accepting pauses until one
+    /// ends, and meanwhile the longest-idle connection here makes room. `true` if a place
+    /// freed up after all (and is now held).
+    fn wait_for_room(&mut self) -> bool {
+        if self.shared.wait_for_room() {
+            return true;
+        }
+        if !self.accept_full {
+            tracing::warn!(
+                limit = self.shared.max_connections,
+                "connection limit reached; accepting pauses until one closes"
+            );
+        }
+        self.accept_full = true;
+        // As nginx: the longest-idle keep-alive connection makes room, one at a time
+        // (accepting resumes when it has closed).
+        if !self.evicting && self.tasks.evict_longest_idle() {
+            self.evicting = true;
+        }
+        false
+    }
+
     fn start_connection(&mut self, listener: usize, mut socket: TcpStream, peer: SocketAddr) {
-        let Some(place) =
-            PeerPlace::take(&self.per_ip, peer.ip(), self.config.max_connections_per_ip)
-        else {
+        let Some(place) = PeerPlace::take(
+            &self.shared.per_ip,
+            peer.ip(),
+            self.shared.max_connections_per_ip,
+        ) else {
             tracing::info!(
                 %peer,
-                limit = self.config.max_connections_per_ip,
+                limit = self.shared.max_connections_per_ip,
                 "closing new connection: too many from this address"
             );
+            self.shared.release(1);
             return;
         };
         let listen_addr = self.listeners[listener].local_addr;
@@ -504,13 +644,49 @@ impl Reactor {
             return;
         }
         self.connections -= ended;
+        self.shared.release(ended);
         self.evicting = false;
-        if self.accept_full && self.connections < self.config.max_connections {
+        if self.accept_full {
             self.accept_full = false;
             self.accept_again = true;
             tracing::info!("below the connection limit again; accepting resumes");
         }
     }
+}
+
+/// Registers a listener shared with other reactors: `EPOLLEXCLUSIVE` wakes one (or a few)
+/// of the reactors sleeping in `epoll_wait` for a new connection instead of all of them,
+/// and reactors that are busy find the readiness at their next poll. Edge-triggered like
+/// every mio registration. Falls back to a plain registration where the kernel refuses the
+/// flag (before Linux 4.5): every reactor is woken then, and all but one find nothing.
+#[cfg(target_os = "linux")]
+fn register_exclusive(poll: &Poll, socket: &mut TcpListener, token: Token) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET | libc::EPOLLEXCLUSIVE) as u32,
+        u64: token.0 as u64,
+    };
+    // SAFETY: both descriptors are open for the duration of the call (the poll and the
+    // socket are borrowed), and `event` is a valid epoll_event that the kernel only reads.
+    let added = unsafe {
+        libc::epoll_ctl(
+            poll.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            socket.as_raw_fd(),
+            &mut event,
+        )
+    };
+    if added == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    tracing::warn!(%error, "EPOLLEXCLUSIVE refused; every reactor wakes for each connection");
+    poll.registry().register(socket, token, Interest::READABLE)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn register_exclusive(poll: &Poll, socket: &mut TcpListener, token: Token) -> io::Result<()> {
+    poll.registry().register(socket, token, Interest::READABLE)
 }
 
 /// Errors that concern only the one connection being accepted.
