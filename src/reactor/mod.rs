@@ -205,9 +205,13 @@ pub(crate) struct ReactorHandle {
     /// Which of the server's reactors this is (0 when there is one).
     pub(crate) index: usize,
     shutdown: AtomicBool,
-    /// Set by another reactor when a connection ended below `max_connections` while this
-    /// one had stopped accepting at the limit.
+    /// Set by another reactor to make this one accept now: a place under
+    /// `max_connections` freed up while this one had stopped at the limit, or the other
+    /// holds more than its share of connections and leaves the backlog to this one.
     resume_accept: AtomicBool,
+    /// Connections open on this reactor; written only by the reactor itself (a plain
+    /// store, once per accepted or ended connection), read by the others to balance.
+    open: AtomicUsize,
     pub(crate) run_queue: Arc<RunQueue>,
     pub(crate) timers: Arc<TimerQueue>,
 }
@@ -222,6 +226,7 @@ impl ReactorHandle {
             index,
             shutdown: AtomicBool::new(false),
             resume_accept: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
             run_queue,
             timers,
         })
@@ -321,6 +326,13 @@ pub(crate) struct ReactorConfig {
     pub(crate) shared_listeners: bool,
     pub(crate) drain_timeout: Duration,
 }
+
+/// A reactor that holds this many connections more than the least-loaded one (plus an
+/// eighth of that one's count) leaves new connections to it. `EPOLLEXCLUSIVE` wakes the
+/// first reactor found asleep, which favours the same one whenever the server is idle;
+/// without this, connections opened at a quiet moment (a client's keep-alive pool) would
+/// pile up on reactor 0 and later load that one core only.
+const BALANCE_SLACK: usize = 4;
 
 /// Most connections one reactor accepts in a row before it polls its other work again,
 /// leaving the rest of a burst to the other reactors (with `EPOLLEXCLUSIVE`, an idle one
@@ -468,9 +480,10 @@ impl Reactor {
         if self.handle.is_shutting_down() && self.drain_deadline.is_none() {
             self.begin_drain(now);
         }
-        if self.accept_full && self.handle.resume_accept.load(Ordering::Acquire) {
+        let mut asked = false;
+        if self.handle.resume_accept.load(Ordering::Acquire) {
             self.handle.resume_accept.store(false, Ordering::Release);
-            accept = true;
+            asked = true;
         }
         if let Some(until) = self.accept_paused_until {
             if now >= until {
@@ -478,8 +491,8 @@ impl Reactor {
                 accept = true;
             }
         }
-        if accept {
-            self.accept_ready();
+        if accept || asked {
+            self.accept_ready(asked);
         }
         None
     }
@@ -488,7 +501,7 @@ impl Reactor {
         if self.tasks.has_ready()
             || self.accept_again
             || self.handle.run_queue.prepare_to_sleep()
-            || (self.accept_full && self.handle.resume_accept.load(Ordering::Acquire))
+            || self.handle.resume_accept.load(Ordering::Acquire)
         {
             return Some(Duration::ZERO);
         }
@@ -519,8 +532,10 @@ impl Reactor {
 
     /// Accepts until the listeners would block, the connection limit is reached, the
     /// process is out of descriptors, or [`ACCEPT_BATCH`] connections came in a row (then
-    /// it goes on at the next turn).
-    fn accept_ready(&mut self) {
+    /// it goes on at the next turn). With several reactors, one that holds more than its
+    /// share of connections wakes the least-loaded one to accept instead — unless it was
+    /// itself `asked` to accept by another (so the backlog is never left to nobody).
+    fn accept_ready(&mut self, asked: bool) {
         if self.drain_deadline.is_some() || self.accept_paused_until.is_some() {
             return;
         }
@@ -529,6 +544,9 @@ impl Reactor {
             loop {
                 if accepted == ACCEPT_BATCH {
                     self.accept_again = true;
+                    return;
+                }
+                if self.config.shared_listeners && !asked && self.leave_to_another() {
                     return;
                 }
                 if !self.shared.reserve() && !self.wait_for_room() {
@@ -564,6 +582,26 @@ impl Reactor {
                 }
             }
         }
+    }
+
+    /// Whether this reactor holds more than its share of connections; if so, wakes the
+    /// least-loaded reactor to accept in its place.
+    fn leave_to_another(&self) -> bool {
+        let Some(reactors) = self.shared.reactors.get() else {
+            return false;
+        };
+        let Some(least) = reactors
+            .iter()
+            .min_by_key(|r| r.open.load(Ordering::Relaxed))
+        else {
+            return false;
+        };
+        let fewest = least.open.load(Ordering::Relaxed);
+        if self.connections <= fewest + BALANCE_SLACK + fewest / 8 {
+            return false;
+        }
+        least.resume_accepting();
+        true
     }
 
     /// `max_connections` are open (on all reactors together): accepting pauses until one
@@ -633,6 +671,7 @@ impl Reactor {
         };
         let future = new_connection(socket, peer, local_addr);
         self.connections += 1;
+        self.handle.open.store(self.connections, Ordering::Relaxed);
         if self.tasks.start_io(future, readiness) {
             self.connections_ended(1);
         }
@@ -644,6 +683,7 @@ impl Reactor {
             return;
         }
         self.connections -= ended;
+        self.handle.open.store(self.connections, Ordering::Relaxed);
         self.shared.release(ended);
         self.evicting = false;
         if self.accept_full {
