@@ -246,3 +246,35 @@ fn a_handler_blocking_one_reactor_does_not_stall_the_other() {
     });
     stop(handle);
 }
+
+#[test]
+fn connections_opened_while_idle_spread_over_the_reactors() {
+    // EPOLLEXCLUSIVE alone wakes the first reactor found asleep: one after another on an
+    // idle server, every connection would land on reactor 0, and a keep-alive pool opened
+    // at a quiet moment would later load one core only.
+    let handle = tls_server()
+        .reactors(2)
+        .spawn(handler(Gate::default()))
+        .expect("spawn");
+    let addr = addr(&handle);
+    let counts = block_on(async move {
+        let mut kept = Vec::new();
+        let mut counts = BTreeMap::<usize, usize>::new();
+        for _ in 0..24 {
+            let mut client = Client::connect_tls(addr, Version::HTTP_11).await;
+            let (reactor, _) = parse(&client.get("/").await.expect("GET /").text());
+            *counts.entry(reactor).or_default() += 1;
+            kept.push(client);
+            // Idle between connections: every reactor is asleep when the next arrives.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        counts
+    });
+    stop(handle);
+    eprintln!("24 connections opened one by one: {counts:?}");
+    for reactor in 0..2 {
+        let count = counts.get(&reactor).copied().unwrap_or(0);
+        // Within BALANCE_SLACK (4) + 1/8 of each other (15 and 9), and one to spare.
+        assert!(count >= 8, "reactor {reactor} holds {count} of 24: {counts:?}");
+    }
+}
