@@ -278,3 +278,77 @@ fn connections_opened_while_idle_spread_over_the_reactors() {
         assert!(count >= 8, "reactor {reactor} holds {count} of 24: {counts:?}");
     }
 }
+
+/// Connections that never start their handshake: counted from accept, and never idle
+/// keep-alive connections that could be closed to make room.
+async fn silent_connections(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut open = Vec::new();
+    for _ in 0..n {
+        open.push(tcp(addr).await.expect("connect"));
+        // One at a time, so that the reactors balance them (a burst may land on one).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    open
+}
+
+#[test]
+fn connection_limits_count_across_reactors() {
+    // max_connections: 8 silent connections (spread over both reactors, neither holds 8)
+    // fill the server; a ninth waits until one closes.
+    let mut limits = portcullis::Limits::default();
+    limits.max_connections = 8;
+    let handle = tls_server()
+        .reactors(2)
+        .limits(limits)
+        .spawn(handler(Gate::default()))
+        .expect("spawn");
+    let addr = common::addr(&handle);
+    block_on(async move {
+        let mut open = silent_connections(addr, 8).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let waiting = tokio::spawn(async move {
+            let mut client = Client::connect_tls(addr, Version::HTTP_11).await;
+            client.get("/").await.expect("GET").status
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a ninth connection was served with max_connections = 8 over 2 reactors"
+        );
+        drop(open.remove(0));
+        let status = within(Duration::from_secs(5), "the waiting connection", waiting)
+            .await
+            .expect("waiting task");
+        assert_eq!(status, StatusCode::OK);
+    });
+    stop(handle);
+
+    // max_connections_per_ip: 6 from 127.0.0.1 over both reactors; a seventh is closed.
+    let mut limits = portcullis::Limits::default();
+    limits.max_connections_per_ip = 6;
+    let handle = tls_server()
+        .reactors(2)
+        .limits(limits)
+        .spawn(handler(Gate::default()))
+        .expect("spawn");
+    let addr = common::addr(&handle);
+    block_on(async move {
+        let open = silent_connections(addr, 6).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let refused = within(
+            Duration::from_secs(5),
+            "the seventh connection",
+            tls_connect(addr, ALPN_H1),
+        )
+        .await;
+        assert!(
+            refused.is_err(),
+            "a seventh connection from one address got through over 2 reactors"
+        );
+        drop(open);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let reply = get_tls(addr, Version::HTTP_11, "/").await;
+        assert_eq!(reply.status, StatusCode::OK);
+    });
+    stop(handle);
+}
