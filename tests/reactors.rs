@@ -275,7 +275,10 @@ fn connections_opened_while_idle_spread_over_the_reactors() {
     for reactor in 0..2 {
         let count = counts.get(&reactor).copied().unwrap_or(0);
         // Within BALANCE_SLACK (4) + 1/8 of each other (15 and 9), and one to spare.
-        assert!(count >= 8, "reactor {reactor} holds {count} of 24: {counts:?}");
+        assert!(
+            count >= 8,
+            "reactor {reactor} holds {count} of 24: {counts:?}"
+        );
     }
 }
 

@@ -549,7 +549,7 @@ impl Reactor {
                 if self.config.shared_listeners && !asked && self.leave_to_another() {
                     return;
                 }
-                if !self.shared.reserve() && !self.wait_for_room() {
+                if !self.shared.reserve() && !self.wait_for_room(asked) {
                     return;
                 }
                 // A place under `max_connections` is held from here: `start_connection`
@@ -607,7 +607,9 @@ impl Reactor {
     /// `max_connections` are open (on all reactors together): accepting pauses until one
     /// ends, and meanwhile the longest-idle connection here makes room. `true` if a place
     /// freed up after all (and is now held).
-    fn wait_for_room(&mut self) -> bool {
+    /// A reactor with no idle connection to close asks the others (unless it was itself
+    /// `asked` by one, so that they do not ask each other in circles).
+    fn wait_for_room(&mut self, asked: bool) -> bool {
         if self.shared.wait_for_room() {
             return true;
         }
@@ -619,11 +621,41 @@ impl Reactor {
         }
         self.accept_full = true;
         // As nginx: the longest-idle keep-alive connection makes room, one at a time
-        // (accepting resumes when it has closed).
-        if !self.evicting && self.tasks.evict_longest_idle() {
-            self.evicting = true;
+        // (accepting resumes when it has closed) — but only for a connection that waits:
+        // reaching the limit alone closes nothing.
+        if !self.evicting && self.backlog_waiting() {
+            if self.tasks.evict_longest_idle() {
+                self.evicting = true;
+            } else if !asked && self.config.shared_listeners {
+                let me = self.handle.index;
+                for other in self.shared.reactors.get().into_iter().flatten() {
+                    if other.index != me {
+                        other.resume_accepting();
+                    }
+                }
+            }
         }
         false
+    }
+
+    /// Whether a connection waits in a listener's backlog (a zero-timeout `poll(2)`; only
+    /// at the connection limit, where accepting cannot tell).
+    fn backlog_waiting(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut fds: Vec<libc::pollfd> = self
+            .listeners
+            .iter()
+            .map(|listener| libc::pollfd {
+                fd: listener.socket.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd entries for the duration of
+        // the call, and the listeners' descriptors are open (borrowed from `self`).
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+        // On an error, behave as before the check: make room.
+        ready != 0
     }
 
     fn start_connection(&mut self, listener: usize, mut socket: TcpStream, peer: SocketAddr) {
