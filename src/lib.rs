@@ -34,6 +34,7 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
 
+mod activation;
 mod body;
 mod conn;
 pub mod files;
@@ -48,9 +49,10 @@ mod signals;
 mod tls;
 mod worker;
 
+pub use activation::listen_fds;
 pub use body::{Body, Chunks};
 pub use bytes::Bytes;
-pub use conn::{ConnectionInfo, Protocol, TlsVersion};
+pub use conn::{ConnectionInfo, InvalidNetwork, IpNetwork, Protocol, ProxyProtocol, TlsVersion};
 pub use files::StaticFiles;
 pub use http;
 pub use limits::Limits;

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 
 use socket2::{Domain, Socket, Type};
 
-use crate::conn::{self, ServerContext};
+use crate::conn::{self, ProxyProtocol, ServerContext};
 use crate::reactor::leader::BlockingRoutes;
 use crate::reactor::{Reactor, ReactorConfig, ReactorHandle, Shared};
 use crate::service::{Request, Response, Service};
@@ -70,6 +70,8 @@ pub struct Server {
     tls: Option<TlsConfig>,
     protocols: Protocols,
     limits: Limits,
+    proxy: Option<ProxyProtocol>,
+    reuse_port: bool,
     shutdown_on_signals: bool,
     /// Reactor count asked for; `None`: one per available core.
     reactors: Option<usize>,
@@ -86,14 +88,53 @@ impl Server {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn bind(addrs: impl ToSocketAddrs) -> io::Result<Server> {
-        Server::from_listeners(Vec::new()).also_bind(addrs)
+        Server::new().also_bind(addrs)
+    }
+
+    /// A server with no listener yet: add them with [`also_bind`](Server::also_bind), after
+    /// options that apply to binding ([`reuse_port`](Server::reuse_port)).
+    ///
+    /// ```
+    /// let server = portcullis::Server::new().reuse_port(true).also_bind("127.0.0.1:0")?;
+    /// # let _ = server;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn new() -> Server {
+        Server::from_listeners(Vec::new())
+    }
+
+    /// Sets `SO_REUSEPORT` on the listeners [`also_bind`](Server::also_bind) creates from
+    /// now on, so that several processes (of the same user) can listen on the same port:
+    /// the kernel spreads new connections among them. A new process can then start beside
+    /// the old one before the old one stops (a rolling restart, see the README). Off by
+    /// default: without it, a second process on the port fails to bind — which is what you
+    /// want when it was started by mistake.
+    ///
+    /// Every process on the port must set it; bind after setting it (a listener bound
+    /// before, by [`Server::bind`], already had its chance). When a listener closes, the
+    /// connections still in its accept queue are reset unless the kernel migrates them
+    /// (`sysctl net.ipv4.tcp_migrate_req=1`, Linux 5.14+).
+    ///
+    /// ```
+    /// use portcullis::Server;
+    ///
+    /// let first = Server::new().reuse_port(true).also_bind("127.0.0.1:0")?;
+    /// let addr = first.local_addrs()[0];
+    /// let second = Server::new().reuse_port(true).also_bind(addr)?; // the same port
+    /// assert!(Server::bind(addr).is_err()); // not without SO_REUSEPORT
+    /// # let _ = second;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn reuse_port(mut self, on: bool) -> Server {
+        self.reuse_port = on;
+        self
     }
 
     /// Adds the listeners for every address `addrs` resolves to.
     pub fn also_bind(mut self, addrs: impl ToSocketAddrs) -> io::Result<Server> {
         let mut bound = 0;
         for addr in addrs.to_socket_addrs()? {
-            self.listeners.push(bind_listener(addr)?);
+            self.listeners.push(bind_listener(addr, self.reuse_port)?);
             bound += 1;
         }
         if bound == 0 {
@@ -119,9 +160,52 @@ impl Server {
             tls: None,
             protocols: Protocols::default(),
             limits: Limits::default(),
+            proxy: None,
+            reuse_port: false,
             shutdown_on_signals: true,
             reactors: None,
         }
+    }
+
+    /// Serves on the listening sockets a supervisor passed to this process (systemd's
+    /// socket activation: `LISTEN_FDS` descriptors from 3 on, for the process named by
+    /// `LISTEN_PID`). The supervisor holds the socket, so a restart refuses no connection:
+    /// they wait in its queue. See [`listen_fds`](crate::listen_fds) for the rules.
+    ///
+    /// ```no_run
+    /// use portcullis::{Body, Response, Server};
+    ///
+    /// fn main() -> std::io::Result<()> {
+    ///     Server::from_listen_fds()?.serve(|_req, _info| Response::new(Body::from("hi\n")))
+    /// }
+    /// ```
+    pub fn from_listen_fds() -> io::Result<Server> {
+        let listeners = crate::activation::listen_fds()?;
+        if listeners.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no listening socket was passed to this process (LISTEN_FDS is not set)",
+            ));
+        }
+        Ok(Server::from_listeners(listeners))
+    }
+
+    /// Expects a PROXY protocol header (v1 or v2) from a load balancer on every connection
+    /// of this server's listeners, as [`ProxyProtocol`] describes; handlers then see the
+    /// client's address in [`ConnectionInfo::peer_addr`]. Listeners that need different
+    /// rules belong to another `Server`.
+    ///
+    /// ```
+    /// use portcullis::{ProxyProtocol, Server};
+    ///
+    /// let server = Server::bind("127.0.0.1:0")?
+    ///     .proxy_protocol(ProxyProtocol::trusting(["127.0.0.1/32"]).expect("a network"));
+    /// # let _ = server;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn proxy_protocol(mut self, proxy: ProxyProtocol) -> Server {
+        self.proxy = Some(proxy);
+        self
     }
 
     /// Serves HTTPS with this certificate and key (plain HTTP without it).
@@ -297,14 +381,17 @@ impl Server {
             // spawner, shutdown flag) belongs to the reactor the connection lives on;
             // the certificates, service, limits and pool are the same for all.
             let reactor_handle = reactor.handle().clone();
-            let ctx = Arc::new(ServerContext::new(
-                tls.clone(),
-                self.protocols,
-                limits.clone(),
-                service.clone(),
-                pool.clone(),
-                reactor_handle.clone(),
-            ));
+            let ctx = Arc::new(
+                ServerContext::new(
+                    tls.clone(),
+                    self.protocols,
+                    limits.clone(),
+                    service.clone(),
+                    pool.clone(),
+                    reactor_handle.clone(),
+                )
+                .with_proxy_protocol(self.proxy.clone()),
+            );
             let thread_pool = pool.clone();
             let routes = blocking_routes.clone();
             let running = running.clone();
@@ -349,6 +436,13 @@ impl Server {
     }
 }
 
+impl Default for Server {
+    /// The same as [`Server::new`].
+    fn default() -> Server {
+        Server::new()
+    }
+}
+
 /// Raises the soft limit on open files to the hard limit, as Go's runtime does since
 /// Go 1.19: Linux's default soft limit of 1024 would cap the server at about a thousand
 /// connections, far below [`Limits::max_connections`].
@@ -376,13 +470,16 @@ fn raise_open_file_limit() {
     }
 }
 
-fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let bind = || -> io::Result<TcpListener> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         if addr.is_ipv6() {
             socket.set_only_v6(true)?;
         }
         socket.set_reuse_address(true)?;
+        if reuse_port {
+            socket.set_reuse_port(true)?;
+        }
         socket.bind(&addr.into())?;
         socket.listen(LISTEN_BACKLOG)?;
         Ok(socket.into())

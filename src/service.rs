@@ -190,7 +190,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
         // already in hyper's buffer cost no read): see `reactor::coop`.
         crate::reactor::coop::spend(crate::reactor::coop::REQUEST_COST);
         let (parts, incoming) = request.into_parts();
-        let mut log = AccessLog::new(&parts, self.watch.request_started());
+        let mut log = AccessLog::new(&parts, self.info.peer_addr(), self.watch.request_started());
         if let Some(problem) = malformed(&parts) {
             // As nginx and Go do; answered here, no worker involved.
             tracing::info!(problem, "bad request");
@@ -819,6 +819,8 @@ fn plain_response(
 /// One line of access log, written when the response body is done. It also holds the
 /// request's place among the connection's requests in flight.
 struct AccessLog {
+    /// The client (from the PROXY header behind a load balancer).
+    client: Option<std::net::SocketAddr>,
     method: Method,
     uri: Uri,
     status: StatusCode,
@@ -830,8 +832,13 @@ struct AccessLog {
 }
 
 impl AccessLog {
-    fn new(parts: &http::request::Parts, in_flight: InFlight) -> AccessLog {
+    fn new(
+        parts: &http::request::Parts,
+        client: std::net::SocketAddr,
+        in_flight: InFlight,
+    ) -> AccessLog {
         AccessLog {
+            client: Some(client),
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             status: StatusCode::OK,
@@ -845,6 +852,7 @@ impl AccessLog {
     /// For a request whose log went with a job that never ran.
     fn unknown() -> AccessLog {
         AccessLog {
+            client: None,
             method: Method::GET,
             uri: Uri::default(),
             status: StatusCode::OK,
@@ -858,6 +866,7 @@ impl AccessLog {
     fn finish(&self, outcome: &str) {
         tracing::info!(
             target: "portcullis::access",
+            client = self.client.map(tracing::field::display),
             method = %self.method,
             path = self.uri.path(),
             status = self.status.as_u16(),

@@ -191,10 +191,10 @@ fn a_handler_blocking_one_reactor_does_not_stall_the_other() {
         for _ in 0..24 {
             let mut client = Client::connect_tls(addr, Version::HTTP_11).await;
             let (reactor, _) = parse(&client.get("/").await.expect("GET /").text());
-            if on.contains_key(&reactor) {
-                spare.push(client);
+            if let std::collections::btree_map::Entry::Vacant(slot) = on.entry(reactor) {
+                slot.insert(client);
             } else {
-                on.insert(reactor, client);
+                spare.push(client);
             }
             if on.len() == 2 {
                 break;

@@ -1,13 +1,15 @@
 //! Flags shared by the examples: `--addr`, `--cert`, `--key`, `--plain`, `--sni`,
 //! client certificates, `--redirect-from`, `--max-workers N`, `--http1-only`,
-//! `--http2-only`, and the common limits (`--help`). With TLS, `SIGHUP` reloads the
-//! certificate and key files.
+//! `--http2-only`, `--reuse-port`, `--proxy-protocol`, `--proxy-from CIDR`, and the common
+//! limits (`--help`). With TLS, `SIGHUP` reloads the certificate and key files. Started by
+//! systemd with socket activation (`LISTEN_FDS`), the examples serve on the sockets passed
+//! instead of `--addr`.
 
 use std::time::Duration;
 
 use portcullis::{
-    CertReloader, ConnectionInfo, HttpsRedirect, Limits, Protocols, Request, Response, Server,
-    ServerHandle, TlsConfig,
+    CertReloader, ConnectionInfo, HttpsRedirect, Limits, Protocols, ProxyProtocol, Request,
+    Response, Server, ServerHandle, TlsConfig,
 };
 
 /// Parsed command line.
@@ -27,6 +29,12 @@ pub struct Args {
     pub limits: Limits,
     /// The directory `file_server` serves (`--root`, default the current directory).
     pub root: String,
+    /// `SO_REUSEPORT` on the listener (`--reuse-port`).
+    pub reuse_port: bool,
+    /// A PROXY header required on every connection (`--proxy-protocol`), from these
+    /// networks (`--proxy-from`, repeatable; loopback when none is given).
+    pub proxy_protocol: bool,
+    pub proxy_from: Vec<String>,
 }
 
 const USAGE: &str = "\
@@ -43,6 +51,10 @@ flags:
   --root DIR               file_server: the directory to serve (default .)
   --http1-only             speak only HTTP/1.1
   --http2-only             speak only HTTP/2
+  --reuse-port             SO_REUSEPORT: several processes share the port (rolling restarts)
+  --proxy-protocol         require a PROXY header (v1 or v2) from a load balancer on every connection
+  --proxy-from CIDR        a network the balancer connects from (repeatable; implies
+                           --proxy-protocol; default 127.0.0.0/8 and ::1)
   --max-workers N          worker threads at most (default 512)
   --max-connections N      open connections at most (default 10000)
   --max-queued N           requests waiting for a worker before 503 (default 1024)
@@ -73,6 +85,9 @@ impl Args {
             protocols: Protocols::Http1AndHttp2,
             limits: Limits::default(),
             root: ".".into(),
+            reuse_port: false,
+            proxy_protocol: false,
+            proxy_from: Vec::new(),
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -93,6 +108,12 @@ impl Args {
                 "--root" => args.root = value(),
                 "--http1-only" => args.protocols = Protocols::Http1Only,
                 "--http2-only" => args.protocols = Protocols::Http2Only,
+                "--reuse-port" => args.reuse_port = true,
+                "--proxy-protocol" => args.proxy_protocol = true,
+                "--proxy-from" => {
+                    args.proxy_protocol = true;
+                    args.proxy_from.push(value());
+                }
                 "--max-workers" => args.limits.max_workers = number(&flag, &value()),
                 "--max-connections" => args.limits.max_connections = number(&flag, &value()),
                 "--max-queued" => args.limits.max_queued_requests = number(&flag, &value()),
@@ -136,9 +157,25 @@ impl Args {
     where
         F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
     {
-        let mut server = Server::bind(self.addr.as_str())?
-            .protocols(self.protocols)
-            .limits(self.limits.clone());
+        let inherited = portcullis::listen_fds()?;
+        let server = if inherited.is_empty() {
+            Server::new()
+                .reuse_port(self.reuse_port)
+                .also_bind(self.addr.as_str())?
+        } else {
+            Server::from_listeners(inherited)
+        };
+        let mut server = server.protocols(self.protocols).limits(self.limits.clone());
+        if self.proxy_protocol {
+            let networks: &[String] = if self.proxy_from.is_empty() {
+                &["127.0.0.0/8".into(), "::1".into()]
+            } else {
+                &self.proxy_from
+            };
+            let proxy = ProxyProtocol::trusting(networks)
+                .unwrap_or_else(|error| fail(&format!("--proxy-from: {error}")));
+            server = server.proxy_protocol(proxy);
+        }
         if !self.plain {
             let tls = self.tls()?;
             if let Some(reloader) = tls.reloader() {

@@ -72,6 +72,9 @@ pub(crate) struct ConnectionWatch {
     idle_since: AtomicU64,
     /// When writes began to wait for the socket (ns since `epoch` + 1), 0 when flowing.
     write_stalled_since: AtomicU64,
+    /// When the lingering close began to wait for the client's end (ns since `epoch` + 1),
+    /// 0 before.
+    lingering_since: AtomicU64,
     /// Why the connection must close: 0 while it need not, else `AbortReason as u8 + 1`.
     abort: AtomicU8,
     /// Set while the connection task polls hyper: changes made then are seen right after,
@@ -92,6 +95,7 @@ impl ConnectionWatch {
             abandoned: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             write_stalled_since: AtomicU64::new(0),
+            lingering_since: AtomicU64::new(0),
             abort: AtomicU8::new(0),
             polling: AtomicBool::new(false),
             waker: Mutex::new(None),
@@ -180,6 +184,23 @@ impl ConnectionWatch {
     /// Since when writes have been waiting for the client, if they are.
     pub(crate) fn write_stalled_since(&self) -> Option<Instant> {
         match self.write_stalled_since.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.instant(n - 1)),
+        }
+    }
+
+    /// The transport closed its side and waits for the client to close its own (see
+    /// `Transport::poll_shutdown`).
+    pub(crate) fn linger_started(&self) {
+        if self.lingering_since.load(Ordering::Relaxed) == 0 {
+            let now = self.nanos(self.clock.now()) + 1;
+            self.lingering_since.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Since when the lingering close has waited for the client, if it has.
+    pub(crate) fn lingering_since(&self) -> Option<Instant> {
+        match self.lingering_since.load(Ordering::Relaxed) {
             0 => None,
             n => Some(self.instant(n - 1)),
         }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
 
+use super::proxy::ClientAddrs;
+
 /// The HTTP version a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -38,6 +40,7 @@ pub enum TlsVersion {
 #[derive(Debug)]
 struct Inner {
     peer_addr: SocketAddr,
+    balancer_addr: Option<SocketAddr>,
     local_addr: SocketAddr,
     protocol: Protocol,
     tls_version: Option<TlsVersion>,
@@ -70,7 +73,7 @@ pub struct ConnectionInfo {
 
 impl ConnectionInfo {
     pub(crate) fn new(
-        peer_addr: SocketAddr,
+        addrs: ClientAddrs,
         local_addr: SocketAddr,
         protocol: Protocol,
         tls: Option<&rustls::ServerConnection>,
@@ -85,7 +88,8 @@ impl ConnectionInfo {
             });
         ConnectionInfo {
             inner: Arc::new(Inner {
-                peer_addr,
+                peer_addr: addrs.client,
+                balancer_addr: addrs.balancer,
                 local_addr,
                 protocol,
                 tls_version,
@@ -100,9 +104,31 @@ impl ConnectionInfo {
         }
     }
 
-    /// The client's address.
+    /// The client's address. On a listener with the
+    /// [PROXY protocol](crate::Server::proxy_protocol), the client's own address from the
+    /// load balancer's header (the TCP peer is then [`balancer_addr`](Self::balancer_addr)).
     pub fn peer_addr(&self) -> SocketAddr {
         self.inner.peer_addr
+    }
+
+    /// The load balancer's address (the TCP peer) when the connection came with a PROXY
+    /// header, `None` when the client connected directly. After a header that names no
+    /// client (a v2 `LOCAL` command — the balancer's health check — or v1 `UNKNOWN`),
+    /// [`peer_addr`](Self::peer_addr) is this same address.
+    ///
+    /// ```no_run
+    /// use portcullis::{Body, ConnectionInfo, Request, Response};
+    ///
+    /// fn handler(_req: Request, info: ConnectionInfo) -> Response {
+    ///     let via = match info.balancer_addr() {
+    ///         Some(balancer) => format!(" via {balancer}"),
+    ///         None => String::new(),
+    ///     };
+    ///     Response::new(Body::from(format!("client {}{via}\n", info.peer_addr())))
+    /// }
+    /// ```
+    pub fn balancer_addr(&self) -> Option<SocketAddr> {
+        self.inner.balancer_addr
     }
 
     /// The server's address this connection was accepted on.

@@ -7,9 +7,11 @@
 
 pub(crate) mod deadlines;
 mod info;
+pub(crate) mod proxy;
 pub(crate) mod transport;
 
 pub use info::{ConnectionInfo, Protocol, TlsVersion};
+pub use proxy::{InvalidNetwork, IpNetwork, ProxyProtocol};
 
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -35,6 +37,10 @@ use transport::{Socket, Transport};
 /// one), how long the connection may take to wind down before it is cut.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a connection we closed waits for the client to close its side, reading and
+/// dropping what it still sends (see `Transport::poll_linger`).
+pub(crate) const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// hyper's own limit on HTTP/1 header fields.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
@@ -46,6 +52,8 @@ pub(crate) struct ServerContext {
     pub(crate) service: Arc<dyn Service>,
     pub(crate) pool: WorkerPool,
     pub(crate) reactor: Arc<ReactorHandle>,
+    /// The PROXY protocol on this server's listeners, if on.
+    pub(crate) proxy: Option<ProxyProtocol>,
     http1: http1::Builder,
     http2: http2::Builder<Spawner>,
 }
@@ -86,9 +94,16 @@ impl ServerContext {
             service,
             pool,
             reactor,
+            proxy: None,
             http1: h1,
             http2: h2,
         }
+    }
+
+    /// Turns the PROXY protocol on for every connection.
+    pub(crate) fn with_proxy_protocol(mut self, proxy: Option<ProxyProtocol>) -> ServerContext {
+        self.proxy = proxy;
+        self
     }
 
     fn timer(&self) -> ReactorTimer {
@@ -183,7 +198,12 @@ pub(crate) fn serve<S: Socket>(
     peer: SocketAddr,
     local: SocketAddr,
 ) -> BoxFuture {
-    let span = tracing::info_span!("conn", %peer, protocol = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "conn",
+        %peer,
+        client = tracing::field::Empty,
+        protocol = tracing::field::Empty
+    );
     Box::pin(run(ctx, socket, peer, local).instrument(span))
 }
 
@@ -200,12 +220,22 @@ async fn run<S: Socket>(ctx: Arc<ServerContext>, socket: S, peer: SocketAddr, lo
     };
     let watch = ConnectionWatch::new(ctx.reactor.timers.clock().clone());
     let mut transport = Transport::new(socket, tls, watch.clone());
-    let Some(protocol) = open(&ctx, &mut transport).await else {
+    // One deadline for the PROXY header and the handshake together.
+    let mut deadline = ctx.timer().deadline_in(ctx.limits.handshake_timeout);
+    let Some(addrs) =
+        proxy::receive_header(ctx.proxy.as_ref(), &mut transport, peer, &mut deadline).await
+    else {
+        return;
+    };
+    if addrs.balancer.is_some() {
+        tracing::Span::current().record("client", tracing::field::display(addrs.client));
+    }
+    let Some(protocol) = open(&ctx, &mut transport, deadline).await else {
         return;
     };
     tracing::Span::current().record("protocol", tracing::field::display(protocol));
     transport.set_evictable(watch.clone());
-    let info = ConnectionInfo::new(peer, local, protocol, transport.tls(), ctx.reactor.index);
+    let info = ConnectionInfo::new(addrs, local, protocol, transport.tls(), ctx.reactor.index);
     let dispatch = Dispatch::new(ctx.clone(), info, watch.clone());
     let end = match protocol {
         Protocol::Http1 => {
@@ -226,9 +256,12 @@ async fn run<S: Socket>(ctx: Arc<ServerContext>, socket: S, peer: SocketAddr, lo
 
 /// Handshake (TLS) or preface sniffing (plain) under the handshake deadline. Returns the
 /// protocol to speak, or `None` when the connection should just close.
-async fn open<S: Socket>(ctx: &ServerContext, transport: &mut Transport<S>) -> Option<Protocol> {
+async fn open<S: Socket>(
+    ctx: &ServerContext,
+    transport: &mut Transport<S>,
+    deadline: Deadline,
+) -> Option<Protocol> {
     let is_tls = ctx.tls.is_some();
-    let deadline = ctx.timer().deadline_in(ctx.limits.handshake_timeout);
     let reactor = &ctx.reactor;
     let opening = poll_fn(|cx| {
         if reactor.is_shutting_down() {
@@ -301,6 +334,7 @@ enum Next {
     SendStalled,
     ResponseTooSlow,
     CloseGrace,
+    Linger,
 }
 
 /// Polls a hyper connection to its end, and enforces the connection's deadlines:
@@ -382,6 +416,9 @@ async fn drive<C: GracefulShutdown>(
             if let Some(at) = response_cut {
                 consider(at, Next::ResponseTooSlow);
             }
+            if let Some(since) = watch.lingering_since() {
+                consider(since + LINGER_TIMEOUT, Next::Linger);
+            }
             let Some((at, what)) = next else {
                 return Poll::Pending;
             };
@@ -406,6 +443,11 @@ async fn drive<C: GracefulShutdown>(
                     )),
                     Next::CloseGrace => {
                         return Poll::Ready(End::Cut("did not close within the grace period"))
+                    }
+                    Next::Linger => {
+                        return Poll::Ready(End::Cut(
+                            "the client did not close its side after ours (lingering close)",
+                        ))
                     }
                 }
             }

@@ -66,6 +66,8 @@ pub(crate) struct Transport<S> {
     /// sent to the TLS port.
     first: [u8; 8],
     first_len: u8,
+    /// The writing half is closed; the lingering close reads what the client still sends.
+    write_shut: bool,
     /// Told when writes stall on a full socket and when they move again (send timeout).
     watch: Arc<ConnectionWatch>,
 }
@@ -87,6 +89,7 @@ impl<S: Socket> Transport<S> {
             close_notify_sent: false,
             first: [0; 8],
             first_len: 0,
+            write_shut: false,
             watch,
         }
     }
@@ -99,6 +102,18 @@ impl<S: Socket> Transport<S> {
     /// The rustls session, after the handshake.
     pub(crate) fn tls(&self) -> Option<&ServerConnection> {
         self.tls.as_deref()
+    }
+
+    /// Reads from the socket itself, before TLS (the PROXY header).
+    pub(crate) fn read_raw(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.socket.read(buf)
+    }
+
+    /// Bytes read from the socket before TLS or HTTP began (past a PROXY header): they go
+    /// to rustls, or to hyper on a plain connection, before anything else is read.
+    pub(crate) fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.sniffed.is_empty());
+        self.sniffed = bytes;
     }
 
     /// Drives the TLS handshake to completion (a no-op for plain connections).
@@ -118,12 +133,25 @@ impl<S: Socket> Transport<S> {
             if !tls.is_handshaking() {
                 return Poll::Ready(Ok(()));
             }
-            let mut recording = Recording {
-                socket: &mut self.socket,
-                first: &mut self.first,
-                first_len: &mut self.first_len,
+            // Bytes read before TLS began (past a PROXY header) come first; either way the
+            // first bytes are recorded to recognise plain HTTP.
+            let read = if self.sniffed.is_empty() {
+                tls.read_tls(&mut Recording {
+                    socket: &mut self.socket,
+                    first: &mut self.first,
+                    first_len: &mut self.first_len,
+                })
+            } else {
+                let mut replay = &self.sniffed[..];
+                let read = tls.read_tls(&mut Recording {
+                    socket: &mut replay,
+                    first: &mut self.first,
+                    first_len: &mut self.first_len,
+                });
+                self.sniffed.advance(*read.as_ref().unwrap_or(&0));
+                read
             };
-            match tls.read_tls(&mut recording) {
+            match read {
                 Ok(0) => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -409,10 +437,38 @@ impl<S: Socket> hyper::rt::Write for Transport<S> {
                 other => return other,
             }
         }
-        match this.socket.shutdown_write() {
-            Ok(()) => Poll::Ready(Ok(())),
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(e)),
+        if !this.write_shut {
+            match this.socket.shutdown_write() {
+                Ok(()) => this.write_shut = true,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Poll::Ready(Ok(())),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        this.poll_linger()
+    }
+}
+
+impl<S: Socket> Transport<S> {
+    /// Lingering close, as nginx's `lingering_close`: after our FIN, reads and drops what
+    /// the client still sends until it closes its side too. Closing a socket with unread
+    /// bytes in it makes the kernel answer RST, and a RST makes the client's TCP stack —
+    /// or a load balancer in between — throw away responses not yet read: the last
+    /// responses before a graceful close (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`)
+    /// would be lost. `conn::drive` ends the wait after [`super::LINGER_TIMEOUT`].
+    fn poll_linger(&mut self) -> Poll<io::Result<()>> {
+        let mut scratch = [0; 4096];
+        loop {
+            match self.socket.read(&mut scratch) {
+                Ok(0) => return Poll::Ready(Ok(())),
+                Ok(_) => {}
+                Err(e) if would_block(&e) => {
+                    self.watch.linger_started();
+                    return Poll::Pending;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Reset or otherwise gone: nothing left to protect.
+                Err(_) => return Poll::Ready(Ok(())),
+            }
         }
     }
 }
