@@ -339,7 +339,14 @@ impl Server {
         let count = self.reactor_count();
         let limits = self.limits;
         raise_open_file_limit();
-        let shared = Shared::new(limits.max_connections, limits.max_connections_per_ip);
+        // Behind a load balancer speaking the PROXY protocol every TCP peer is the
+        // balancer: counting per address would cap the whole server.
+        let per_ip = if self.proxy.is_some() {
+            usize::MAX
+        } else {
+            limits.max_connections_per_ip
+        };
+        let shared = Shared::new(limits.max_connections, per_ip);
         // Every reactor accepts on its own duplicate of every listener (the same socket).
         let mut listener_sets = Vec::with_capacity(count);
         for _ in 1..count {

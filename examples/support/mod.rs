@@ -64,6 +64,8 @@ flags:
   --body-timeout SECS      longest pause in a request body (default 60)
   --min-body-rate BYTES    slowest request body rate after 5 s, bytes/s (default 240)
   --send-timeout SECS      longest wait for the client to read (default 60)
+  --min-response-rate B    slowest streamed response a client may take, bytes/s (240)
+  --max-connections-per-ip N  most connections from one address (default 1000)
   --drain-timeout SECS     graceful shutdown deadline (default 30)
 SIGHUP re-reads the --cert/--key and --sni files; a bad file is logged and the old
 certificates stay in use. SIGINT (Ctrl-C) or SIGTERM shuts down gracefully: in-flight
@@ -124,6 +126,12 @@ impl Args {
                     args.limits.min_request_body_rate = number(&flag, &value()) as u64
                 }
                 "--send-timeout" => args.limits.send_timeout = seconds(&flag, &value()),
+                "--min-response-rate" => {
+                    args.limits.min_response_body_rate = number(&flag, &value()) as u64
+                }
+                "--max-connections-per-ip" => {
+                    args.limits.max_connections_per_ip = number(&flag, &value())
+                }
                 "--header-timeout" => args.limits.request_header_timeout = seconds(&flag, &value()),
                 "--drain-timeout" => args.limits.drain_timeout = seconds(&flag, &value()),
                 "-h" | "--help" => {

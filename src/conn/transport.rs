@@ -133,8 +133,8 @@ impl<S: Socket> Transport<S> {
             if !tls.is_handshaking() {
                 return Poll::Ready(Ok(()));
             }
-            // Bytes read before TLS began (past a PROXY header) come first; either way the
-            // first bytes are recorded to recognise plain HTTP.
+            // Bytes read before TLS began (past a PROXY header) come first. The first
+            // bytes are recorded either way (plain HTTP on the TLS port).
             let read = if self.sniffed.is_empty() {
                 tls.read_tls(&mut Recording {
                     socket: &mut self.socket,

@@ -32,6 +32,24 @@
 #             stayed under ATTACK_CPU_LIMIT percent of one core
 # and the server must still be alive at the end.
 #
+# Then the same harness runs against the `file_server` example serving a 100 MiB file and a
+# small one (the legitimate client fetches the small one), once with default limits and once
+# with --max-workers 4 (names suffixed -w4), both with --send-timeout FS_SEND_TIMEOUT (10 s,
+# so the cuts show within the attack):
+#   fs-slow-read   slowhttptest -X on the large file (HTTP/1.1 readers through a tiny
+#                  window): cut at the send timeout (server descriptors; +3 s slack for the
+#                  buffers to fill; CPU limit FS_READ_CPU_LIMIT, 30 %)
+#   h2-zero-window h2_attack.py: 6 connections with SETTINGS_INITIAL_WINDOW_SIZE 0, 100
+#                  GETs of the large file each: no worker held, every stream reset at the
+#                  send timeout
+#   h2-trickle     the same, granting 1 KiB of window per stream every 5 s (~200 B/s):
+#                  reset 5 s + the send timeout after the request (the first grant lets
+#                  hyper take a 16 KiB chunk that the next grants cannot drain in time)
+#   h2-flood       4 connections writing PRIORITY / unknown / WINDOW_UPDATE frames and PINGs
+#                  as fast as they can: not cut (the frames are legal); checked by `fair`
+#                  (the slowest legitimate request < 1 s) instead of `cut`, and its CPU
+#                  limit is two cores (it is meant to cost CPU, not to starve others)
+#
 # Knobs (environment): ATTACK_PORT (default 18443, or a free port if that one is taken),
 # ATTACK_CONNS (1000), ATTACK_RATE (200 connections/s), ATTACK_SECONDS (30),
 # SLOWLORIS_SECONDS (40: past the server's 30 s request-header timeout, so the closes
@@ -59,7 +77,14 @@ HELD=${ATTACK_HELD:-0.9}
 read -r -a SERVER_ARGS <<<"${ATTACK_SERVER_ARGS:-}"
 LEGIT_DELAY=${LEGIT_DELAY:-7}
 EXAMPLE=${ATTACK_EXAMPLE:-hello}
-ONLY=${ATTACK_ONLY:-slowloris slow-body slow-read silent-tcp}
+FS_SEND_S=${FS_SEND_TIMEOUT:-10}
+FS_SECS=${FS_ATTACK_SECONDS:-30}
+# 1000 slow readers of a large file each get their socket buffers filled once (encrypted):
+# more CPU than the tiny-response attacks, for the first seconds.
+FS_READ_CPU_LIMIT=${FS_READ_CPU_LIMIT:-30}
+FS_ATTACKS="fs-slow-read h2-zero-window h2-trickle h2-flood"
+FS_ALL="$FS_ATTACKS fs-slow-read-w4 h2-zero-window-w4 h2-trickle-w4 h2-flood-w4"
+ONLY=${ATTACK_ONLY:-slowloris slow-body slow-read silent-tcp $FS_ALL}
 NOFILE=16384
 
 step() { printf '\n== %s\n' "$*"; }
@@ -191,7 +216,11 @@ URL_ATTACK=https://127.0.0.1:$PORT/
 URL_LEGIT=https://localhost:$PORT/
 
 step "start server on 127.0.0.1:$PORT"
-RUST_LOG=warn "$BIN" --addr "127.0.0.1:$PORT" --max-workers 4 "${SERVER_ARGS[@]}" \
+# The attacker and the legitimate client share 127.0.0.1, so max_connections_per_ip
+# (1000) would refuse the legitimate client beside 1000 attack connections: it is lifted
+# here (tests/hostile.rs checks it) so that the attacks measure everything else.
+PER_IP=(--max-connections-per-ip 100000)
+RUST_LOG=warn "$BIN" --addr "127.0.0.1:$PORT" --max-workers 4 "${PER_IP[@]}" "${SERVER_ARGS[@]}" \
   >"$TMP/server.out" 2>"$TMP/server.log" </dev/null &
 SERVER_PID=$!
 deadline=$((SECONDS + 30))
@@ -413,8 +442,71 @@ run_attack silent-tcp silent "$SECS" handshake_timeout "$HANDSHAKE_S" "$HELD_MIN
   python3 "$HERE/silent.py" --host 127.0.0.1 --port "$PORT" --conns "$CONNS" \
   --rate "$RATE" --seconds "$SECS" --json silent.json
 
+# ---------------------------------------------------------------- file_server (issue 12)
+wanted_fs=
+for n in $FS_ALL; do case " $ONLY " in *" $n "*) wanted_fs=1 ;; esac; done
+if [ -n "$wanted_fs" ]; then
+  step "cargo build --release --example file_server"
+  cargo build --release --example file_server
+  FS_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/file_server
+  FS_ROOT=$TMP/files
+  mkdir -p "$FS_ROOT"
+  truncate -s 100M "$FS_ROOT/big.bin"
+  echo small >"$FS_ROOT/small.txt"
+  HELLO_PID=$SERVER_PID HELLO_PORT=$PORT
+  PIDS+=("$HELLO_PID")
+  for variant in default w4; do
+    suffix= extra=()
+    if [ "$variant" = w4 ]; then suffix=-w4 extra=(--max-workers 4); fi
+    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    step "start file_server ($variant limits${extra[*]:+: ${extra[*]}}) on 127.0.0.1:$PORT"
+    RUST_LOG=warn "$FS_BIN" --addr "127.0.0.1:$PORT" --root "$FS_ROOT" \
+      --send-timeout "$FS_SEND_S" "${PER_IP[@]}" "${extra[@]}" \
+      >"$TMP/fs-$variant.out" 2>"$TMP/fs-$variant.log" </dev/null &
+    SERVER_PID=$!
+    PIDS+=("$SERVER_PID")
+    deadline=$((SECONDS + 30))
+    until grep -q "listening on https://127.0.0.1:$PORT" "$TMP/fs-$variant.out" 2>/dev/null; do
+      alive "$SERVER_PID" || die "file_server exited before listening"
+      [ "$SECONDS" -lt "$deadline" ] || die "file_server: no 'listening on' within 30 s"
+      sleep 0.1
+    done
+    URL_LEGIT=https://localhost:$PORT/small.txt
+    CURL=(curl -sS --max-time 10 --cacert "$ROOT/certs/ca.crt"
+          --resolve "localhost:$PORT:127.0.0.1" -o /dev/null
+          -w '%{http_code}\t%{time_total}\t%{http_version}')
+    H2=(python3 "$HERE/h2_attack.py" --host 127.0.0.1 --port "$PORT"
+        --cafile "$ROOT/certs/ca.crt" --seconds "$FS_SECS" --json h2.json)
+    SHT_FS=(-c "$CONNS" -r "$RATE" -p 10 -u "https://127.0.0.1:$PORT/big.bin")
+    saved_conns=$CONNS
+    saved_cpu=$CPU_LIMIT
+    CPU_LIMIT=$FS_READ_CPU_LIMIT
+    run_attack "fs-slow-read$suffix" slowhttptest "$FS_SECS" send_timeout "$FS_SEND_S" \
+      "$HELD_MIN" server_fds \
+      sht_rounds "$FS_SECS" "${SHT_FS[@]}" -X -t GET -w 512 -y 1024 -n 5 -z 32 -k 1
+    CPU_LIMIT=$saved_cpu
+    CONNS=6
+    run_attack "h2-zero-window$suffix" h2attack "$FS_SECS" send_timeout "$FS_SEND_S" 6 h2 \
+      "${H2[@]}" --mode zero-window --conns 6 --streams 100 --path /big.bin
+    # Each 1 KiB grant lets hyper take one more 16 KiB chunk, which then waits a send
+    # timeout for the next grants to drain it: reset one grant period after the send timeout.
+    run_attack "h2-trickle$suffix" h2attack "$FS_SECS" send_timeout_after_a_grant $((FS_SEND_S + 5)) 6 h2 \
+      "${H2[@]}" --mode trickle --conns 6 --streams 100 --path /big.bin --grant 1024 --every 5
+    CONNS=4
+    saved_cpu=$CPU_LIMIT
+    CPU_LIMIT=200
+    run_attack "h2-flood$suffix" h2attack "$FS_SECS" none 0 4 none \
+      "${H2[@]}" --mode flood --conns 4
+    CPU_LIMIT=$saved_cpu
+    CONNS=$saved_conns
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  done
+  SERVER_PID=$HELLO_PID PORT=$HELLO_PORT
+fi
+
 # ---------------------------------------------------------------- verdict
-[ "${#ATTACK_DIRS[@]}" -gt 0 ] || die "ATTACK_ONLY=\"$ONLY\" names none of: slowloris slow-body slow-read silent-tcp"
+[ "${#ATTACK_DIRS[@]}" -gt 0 ] || die "ATTACK_ONLY=\"$ONLY\" names none of: slowloris slow-body slow-read silent-tcp $FS_ALL"
 step "summary (legitimate client: fresh HTTPS connection every ~100 ms, HTTP/1.1 and HTTP/2 alternating, 10 s limit)"
 python3 "$HERE/report.py" table "${ATTACK_DIRS[@]}" || ANY_FAILED=1
 
