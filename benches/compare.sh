@@ -116,12 +116,14 @@ SERVER_PID=
 URL=
 PORT=
 
-# pin CMD...: runs CMD on SERVER_CPU, or on every CPU in an unpinned scenario.
+# pin CMD...: runs CMD on SERVER_CPU, or on every CPU in an unpinned scenario. Called in
+# the background (`pin_server ... &`): `exec` makes the background job the server itself
+# (nice and taskset exec it in turn), so that $! is the server's pid.
 pin_server() {
     if ((UNPINNED)); then
-        ${NICE:+nice -n "$NICE"} "$@"
+        exec ${NICE:+nice -n "$NICE"} "$@"
     else
-        ${NICE:+nice -n "$NICE"} taskset -c "$SERVER_CPU" "$@"
+        exec ${NICE:+nice -n "$NICE"} taskset -c "$SERVER_CPU" "$@"
     fi
 }
 
@@ -196,13 +198,13 @@ thread_ticks() {
     done | awk '{ t[$1] += $2 } END { for (n in t) print n, t[n] }'
 }
 # busy_threads BEFORE AFTER SECONDS: how many portcullis reactors (pc-reactor-N) or peer
-# tokio workers (tokio-runtime-w) used at least 10 % of a CPU over the run.
+# tokio workers (tokio-rt-worker) used at least 10 % of a CPU over the run.
 busy_threads() {
     local hz
     hz=$(getconf CLK_TCK)
     awk -v min="$(awk -v s="$3" -v hz="$hz" 'BEGIN { print s * hz * 0.10 }')" '
         FNR == NR { before[$1] = $2; next }
-        $1 ~ /^(pc-reactor-|tokio-runtime-w)/ && $2 - before[$1] >= min { n++ }
+        $1 ~ /^(pc-reactor-|tokio-rt-worker)/ && $2 - before[$1] >= min { n++ }
         END { print n + 0 }' "$1" "$2"
 }
 percent() { awk -v n="$1" -v d="$2" 'BEGIN { o = (d > 0 ? n / d * 100 : 0); if (o < 0) o = 0; printf "%.0f", o }'; }
