@@ -355,3 +355,70 @@ fn connection_limits_count_across_reactors() {
     });
     stop(handle);
 }
+
+#[test]
+fn shutdown_drains_every_reactor() {
+    let gate = Gate::default();
+    let handle = tls_server()
+        .reactors(2)
+        .spawn(handler(gate.clone()))
+        .expect("spawn");
+    let addr = common::addr(&handle);
+    let runtime = runtime();
+    // One connection on each reactor with a request in flight (blocked at the gate).
+    let (clients, in_flight) = runtime.block_on(async move {
+        let mut on: BTreeMap<usize, Client> = BTreeMap::new();
+        let mut spare = Vec::new();
+        for _ in 0..24 {
+            let mut client = Client::connect_tls(addr, Version::HTTP_2).await;
+            let (reactor, _) = parse(&client.get("/").await.expect("GET /").text());
+            if let std::collections::btree_map::Entry::Vacant(slot) = on.entry(reactor) {
+                slot.insert(client);
+            } else {
+                spare.push(client);
+            }
+            if on.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(on.len(), 2, "24 connections did not reach both reactors");
+        let mut in_flight = Vec::new();
+        for (reactor, client) in &on {
+            let mut client = client.clone_h2();
+            let reactor = *reactor;
+            in_flight.push(tokio::spawn(async move {
+                let reply = client.get("/block").await.expect("GET /block");
+                (reactor, reply.status, parse(&reply.text()).0)
+            }));
+        }
+        (on, in_flight)
+    });
+    gate.wait_for_waiters(2);
+    // Shutdown begins while both handlers run; it returns once both reactors drained.
+    let opener = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            gate.open();
+        })
+    };
+    let took = shutdown_within(handle, Duration::from_secs(10));
+    opener.join().unwrap();
+    assert!(
+        took >= Duration::from_millis(250),
+        "shutdown did not wait: {took:?}"
+    );
+    runtime.block_on(async move {
+        for task in in_flight {
+            let (reactor, status, served_by) = task.await.expect("in-flight task");
+            assert_eq!(status, StatusCode::OK, "reactor {reactor} lost its request");
+            assert_eq!(served_by, reactor);
+        }
+        drop(clients);
+    });
+    // Both reactors closed the listener: a new connection is refused.
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting"
+    );
+}
