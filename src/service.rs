@@ -944,15 +944,6 @@ impl ResponseBody {
             pace.polled(0, true);
         }
     }
-
-    fn has_data(&self) -> bool {
-        match &self.kind {
-            ResponseKind::Full(bytes) => bytes.is_some(),
-            ResponseKind::Stream(_, Some(_)) => true,
-            ResponseKind::Stream(pipe, None) => pipe.buffered() > 0,
-            ResponseKind::Pulled(pull) => pull.pipe.buffered() > 0,
-        }
-    }
 }
 
 impl http_body::Body for ResponseBody {
@@ -979,14 +970,14 @@ impl http_body::Body for ResponseBody {
             Poll::Ready(None) => this.complete = true,
             _ => {}
         }
-        if this.pace.is_some() {
-            let data_ready = this.has_data();
-            if let Some(pace) = &mut this.pace {
-                match &next {
-                    Poll::Ready(Some(Ok(chunk))) => pace.polled(chunk.len(), data_ready),
-                    Poll::Pending => pace.polled(0, false),
-                    Poll::Ready(_) => pace.done(),
-                }
+        if let Some(pace) = &mut this.pace {
+            match &next {
+                // Until hyper asks for the next chunk, the client (its window or socket) is
+                // what holds the one just handed over: data ready, client's time.
+                Poll::Ready(Some(Ok(chunk))) => pace.polled(chunk.len(), true),
+                // Nothing ready yet: the server's time.
+                Poll::Pending => pace.polled(0, false),
+                Poll::Ready(_) => pace.done(),
             }
         }
         next.map(|chunk| chunk.map(|chunk| chunk.map(Frame::data)))

@@ -370,6 +370,42 @@ fn full_queue_sheds_load_with_503_and_retry_after() {
     stop(handle);
 }
 
+#[test]
+fn connection_limit_pauses_accepting_until_one_closes() {
+    let mut limits = Limits::default();
+    limits.max_connections = 2;
+    let handle = tls_server()
+        .limits(limits)
+        .spawn(worker_handler)
+        .expect("spawn");
+    let addr = addr(&handle);
+    block_on(async move {
+        // Two connections that never start their handshake: counted from accept, and not
+        // idle keep-alive connections, which would be closed to make room (that case is
+        // tests/hostile.rs `at_the_connection_limit_the_longest_idle_connection_makes_room`).
+        let first = tcp(addr).await.expect("connect 1");
+        let _second = tcp(addr).await.expect("connect 2");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        // A third connection waits in the kernel's backlog: its handshake does not finish.
+        let third = tokio::spawn(async move { Client::connect_tls(addr, Version::HTTP_11).await });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(
+            !third.is_finished(),
+            "a third connection was served with max_connections = 2"
+        );
+
+        // When one closes, the waiting connection is accepted and served.
+        drop(first);
+        let mut third = within(Duration::from_secs(3), "the third connection", third)
+            .await
+            .expect("connect task");
+        let reply = third.get("/3").await.expect("GET 3");
+        assert_eq!(reply.status, StatusCode::OK);
+    });
+    stop(handle);
+}
+
 /// At `max_connections` an idle connection makes room (as nginx), but only for a
 /// connection that waits: reaching the limit alone closes nothing. (Pausing while no
 /// connection can make room is `tests/limits.rs`

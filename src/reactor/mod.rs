@@ -641,21 +641,9 @@ impl Reactor {
     /// Whether a connection waits in a listener's backlog (a zero-timeout `poll(2)`; only
     /// at the connection limit, where accepting cannot tell).
     fn backlog_waiting(&self) -> bool {
-        use std::os::fd::AsRawFd;
-        let mut fds: Vec<libc::pollfd> = self
-            .listeners
+        self.listeners
             .iter()
-            .map(|listener| libc::pollfd {
-                fd: listener.socket.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfd entries for the duration of
-        // the call, and the listeners' descriptors are open (borrowed from `self`).
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
-        // On an error, behave as before the check: make room.
-        ready != 0
+            .any(|listener| has_pending_connection(&listener.socket))
     }
 
     fn start_connection(&mut self, listener: usize, mut socket: TcpStream, peer: SocketAddr) {
@@ -770,4 +758,19 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
             | io::ErrorKind::Interrupted
             | io::ErrorKind::PermissionDenied
     )
+}
+
+/// Whether a connection waits in the listener's backlog (no system call is made unless
+/// the server is at `max_connections`).
+fn has_pending_connection(listener: &TcpListener) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut poll_fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `poll_fd` is a valid, initialised pollfd that lives across the call, the
+    // count passed is 1, and a zero timeout makes the call return at once.
+    let ready = unsafe { libc::poll(&mut poll_fd, 1, 0) };
+    ready > 0 && poll_fd.revents & libc::POLLIN != 0
 }
