@@ -27,7 +27,12 @@
 #                 shield them from other work on the machine (default: not reniced)
 #   OUT           directory for logs and results (default benches/target/compare-DATE)
 #
-# Each run starts one server pinned to SERVER_CPU (unpinned for *_all), waits for its `listening on` line,
+# Both portcullis and the peer use portcullis' default crypto provider (aws-lc-rs). The
+# newconn scenario also runs a third server, portcullis built on *ring*
+# (`--features ring`), and its table shows that build's figures on extra rows.
+#
+# Each run starts one server pinned to SERVER_CPU (unpinned for *_all), waits for its
+# `listening on` line,
 # runs one scenario from LOAD_CPU, and kills it, so servers never overlap. Servers run
 # alternately: portcullis, peer, portcullis, peer, ...
 
@@ -65,6 +70,7 @@ BULK_BYTES=8388608 # 8 MiB
 BULK_BATCH=20      # transfers per curl invocation (one connection)
 CA="$ROOT/certs/ca.crt"
 BIN="$ROOT/benches/target/release"
+BIN_RING="$ROOT/benches/target/ring/release"
 OUT=${OUT:-"$ROOT/benches/target/compare-$(date +%Y%m%d-%H%M%S)"}
 
 started=$(date +%s)
@@ -110,6 +116,11 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # ---------------------------------------------------------------------------- build
 log "building (release)"
 cargo build --release --quiet --manifest-path "$ROOT/benches/Cargo.toml"
+if [[ " $SCENARIOS " == *" newconn "* ]]; then
+    log "building portcullis_server on ring (release)"
+    cargo build --release --quiet --manifest-path "$ROOT/benches/Cargo.toml" --no-default-features \
+        --features ring --target-dir "$ROOT/benches/target/ring" --bin portcullis_server
+fi
 
 # ---------------------------------------------------------------------------- servers
 SERVER_PID=
@@ -132,6 +143,10 @@ start_server() { # name logfile
     case $name in
     portcullis)
         pin_server "$BIN/portcullis_server" --addr 127.0.0.1:0 --max-workers 512 \
+            >"$logfile" 2>&1 &
+        ;;
+    portcullis_ring)
+        pin_server "$BIN_RING/portcullis_server" --addr 127.0.0.1:0 --max-workers 512 \
             >"$logfile" 2>&1 &
         ;;
     peer)
@@ -324,8 +339,11 @@ head -c "$BULK_BYTES" /dev/urandom >"$OUT/upload.bin"
 log "results and logs: $OUT"
 
 for scenario in $SCENARIOS; do
+    servers=$SERVERS
+    # New connections are where the crypto provider shows: add portcullis on ring.
+    [[ $scenario == newconn ]] && servers="$SERVERS portcullis_ring"
     for round in $(seq 1 "$ROUNDS"); do
-        for server in $SERVERS; do
+        for server in $servers; do
             attempt=0
             while :; do
                 attempt=$((attempt + 1))
@@ -408,8 +426,9 @@ total() { awk -v c="$2" '{n += $c} END {print n + 0}' "$1"; }
 
 row() { # scenario column label unit target(>=x | <=x | -) decimals [cpu]
     local scenario=$1 col=$2 label=$3 unit=$4 target=$5 dec=$6 cpu=${7:-} a b ratio met cpu_cell=""
-    [[ -f "$OUT/results/$scenario.portcullis" && -f "$OUT/results/$scenario.peer" ]] || return 0
-    a=$(median "$OUT/results/$scenario.portcullis" "$col")
+    local ours=${OURS:-portcullis} # the portcullis build in the row (OURS=portcullis_ring)
+    [[ -f "$OUT/results/$scenario.$ours" && -f "$OUT/results/$scenario.peer" ]] || return 0
+    a=$(median "$OUT/results/$scenario.$ours" "$col")
     b=$(median "$OUT/results/$scenario.peer" "$col")
     ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }')
     met=$(awk -v r="$ratio" -v t="$target" 'BEGIN {
@@ -418,14 +437,14 @@ row() { # scenario column label unit target(>=x | <=x | -) decimals [cpu]
         if (op == ">=") print (r + 0 >= x ? "yes" : "**no**"); else print (r + 0 <= x ? "yes" : "**no**")
     }')
     local errs
-    errs=$(($(total "$OUT/results/$scenario.portcullis" 3) + $(total "$OUT/results/$scenario.peer" 3)))
+    errs=$(($(total "$OUT/results/$scenario.$ours" 3) + $(total "$OUT/results/$scenario.peer" 3)))
     [[ $col == 1 && $errs != 0 ]] && label="$label ($errs errors)"
     if [[ -n $cpu ]]; then
-        cpu_cell="$(median "$OUT/results/$scenario.portcullis" 4) / $(median "$OUT/results/$scenario.peer" 4)"
+        cpu_cell="$(median "$OUT/results/$scenario.$ours" 4) / $(median "$OUT/results/$scenario.peer" 4)"
     fi
     local busy_cell=""
     if [[ $cpu == busy ]]; then
-        busy_cell=" $(median "$OUT/results/$scenario.portcullis" 6) / $(median "$OUT/results/$scenario.peer" 6) |"
+        busy_cell=" $(median "$OUT/results/$scenario.$ours" 6) / $(median "$OUT/results/$scenario.peer" 6) |"
     fi
     printf "| %s | %s | %s | %s | %s | %s | %s | %s |$busy_cell\n" "$label" "$unit" \
         "$(awk -v v="$a" -v d="$dec" 'BEGIN { if (v == "-") print v; else printf "%.*f", d, v }')" \
@@ -447,6 +466,8 @@ elapsed=$(($(date +%s) - started))
     row h2 5 "HTTP/2 hello, server CPU per request" "µs" "-" 1
     row newconn 1 "New TLS connection per request (wrk -c16, Connection: close)" "conn/s" ">=0.95" 0 cpu
     row newconn 5 "New TLS connection, server CPU per connection" "µs" "<=1.05" 1
+    OURS=portcullis_ring row newconn 1 "New TLS connection, portcullis on ring vs peer on aws-lc-rs" "conn/s" "-" 0 cpu
+    OURS=portcullis_ring row newconn 5 "New TLS connection on ring, server CPU per connection" "µs" "-" 1
     row idle 1 "Idle keep-alive TLS connections ($IDLE_CONNS): server RSS" "KiB/conn" "<=1.00" 1
     row sleep 1 "Blocking handler, 10 ms sleep (wrk -c256)" "req/s" ">=1.00" 0 cpu
     row sleep 2 "Blocking handler, 10 ms sleep, p99 latency" "ms" "-" 2

@@ -623,7 +623,7 @@ fn client_config(choice: usize) -> Arc<rustls::ClientConfig> {
     for cert in CertificateDer::pem_slice_iter(CA_CERT).flatten() {
         let _ = roots.add(cert);
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::crypto_provider();
     let versions: &[&rustls::SupportedProtocolVersion] = if choice & 4 != 0 {
         &[&rustls::version::TLS12]
     } else {
@@ -631,7 +631,7 @@ fn client_config(choice: usize) -> Arc<rustls::ClientConfig> {
     };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
-        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .expect("the crypto provider supports TLS 1.2 and 1.3")
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = match choice & 3 {

@@ -34,6 +34,8 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
 
+#[cfg(feature = "acme")]
+pub mod acme;
 mod activation;
 mod body;
 mod conn;
@@ -60,7 +62,7 @@ pub use redirect::HttpsRedirect;
 pub use rustls;
 pub use server::{Protocols, Server, ServerHandle};
 pub use service::{Request, Response, Service};
-pub use tls::{CertReloader, TlsConfig, TlsError, SESSION_CACHE_SIZE};
+pub use tls::{crypto_provider, CertReloader, TlsConfig, TlsError, SESSION_CACHE_SIZE};
 pub use worker::PoolStats;
 
 /// The README's code blocks, compiled and run as doc tests.

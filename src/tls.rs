@@ -7,7 +7,8 @@
 //! (`BEGIN EC PRIVATE KEY`).
 //!
 //! Security defaults of a [`TlsConfig`] built from PEM: only TLS 1.3 and TLS 1.2, rustls'
-//! default cipher suites on the *ring* crypto provider, the server's cipher order preferred
+//! default cipher suites and key exchange groups on the [`crypto_provider`] (aws-lc-rs with
+//! the post-quantum `X25519MLKEM768` preferred, or *ring*), the server's cipher order preferred
 //! (`ignore_client_order`), TLS 1.3 stateless session tickets under keys that rotate every
 //! 6 hours, and a session cache of [`SESSION_CACHE_SIZE`] sessions for TLS 1.2 clients
 //! without ticket support.
@@ -82,6 +83,8 @@ pub struct TlsConfig {
     config: Arc<ServerConfig>,
     /// `None` for a caller-built rustls configuration.
     store: Option<Arc<CertStore>>,
+    /// Also offer the `acme-tls/1` ALPN protocol (TLS-ALPN-01 validation, RFC 8737).
+    acme_tls_alpn: bool,
 }
 
 impl TlsConfig {
@@ -137,12 +140,10 @@ impl TlsConfig {
     ///
     /// let certs = CertificateDer::pem_file_iter("certs/localhost.crt")?.collect::<Result<Vec<_>, _>>()?;
     /// let key = PrivateKeyDer::from_pem_file("certs/localhost.key")?;
-    /// let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-    ///     rustls::crypto::ring::default_provider(),
-    /// ))
-    /// .with_protocol_versions(&[&rustls::version::TLS13])?
-    /// .with_no_client_auth()
-    /// .with_single_cert(certs, key)?;
+    /// let config = rustls::ServerConfig::builder_with_provider(portcullis::crypto_provider())
+    ///     .with_protocol_versions(&[&rustls::version::TLS13])?
+    ///     .with_no_client_auth()
+    ///     .with_single_cert(certs, key)?;
     /// let tls = portcullis::TlsConfig::from_rustls(Arc::new(config));
     /// assert!(tls.reloader().is_none());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -151,6 +152,7 @@ impl TlsConfig {
         TlsConfig {
             config,
             store: None,
+            acme_tls_alpn: false,
         }
     }
 
@@ -263,6 +265,7 @@ impl TlsConfig {
         Ok(TlsConfig {
             config: Arc::new(config),
             store: Some(store),
+            acme_tls_alpn: false,
         })
     }
 
@@ -298,7 +301,32 @@ impl TlsConfig {
         Ok(TlsConfig {
             config: Arc::new(config),
             store: Some(store),
+            acme_tls_alpn: self.acme_tls_alpn,
         })
+    }
+
+    /// Answers TLS-ALPN-01 validations: offers the `acme-tls/1` ALPN protocol and serves
+    /// the challenge certificates given to [`set_acme_challenge`](Self::set_acme_challenge).
+    #[cfg(feature = "acme")]
+    pub(crate) fn answering_acme_tls_alpn(mut self) -> TlsConfig {
+        self.acme_tls_alpn = true;
+        self
+    }
+
+    /// Serves `cert` to TLS-ALPN-01 validations of `name` (`None`: stop).
+    #[cfg(feature = "acme")]
+    pub(crate) fn set_acme_challenge(&self, name: &str, cert: Option<Arc<CertifiedKey>>) {
+        if let Some(store) = &self.store {
+            let mut challenges = store
+                .acme_challenges
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let name = name.to_ascii_lowercase();
+            match cert {
+                Some(cert) => challenges.insert(name, cert),
+                None => challenges.remove(&name),
+            };
+        }
     }
 
     /// The configuration a server uses: ALPN set from `protocols` unless the caller chose.
@@ -308,6 +336,9 @@ impl TlsConfig {
         }
         let mut config = (*self.config).clone();
         config.alpn_protocols = protocols.alpn_ids();
+        if self.acme_tls_alpn {
+            config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        }
         Arc::new(config)
     }
 }
@@ -323,8 +354,43 @@ impl fmt::Debug for TlsConfig {
     }
 }
 
+#[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
+compile_error!(
+    "portcullis needs a TLS crypto provider: enable the `aws-lc-rs` (default) or `ring` feature"
+);
+
+/// The rustls crypto provider portcullis builds its TLS configurations on: rustls'
+/// `aws_lc_rs` provider with the `aws-lc-rs` feature (the default), which prefers the
+/// hybrid post-quantum key exchange `X25519MLKEM768` and falls back to `X25519`, P-256 and
+/// P-384 for clients without it; rustls' `ring` provider (classical key exchange only)
+/// when only the `ring` feature is on. Use it to build a
+/// [`TlsConfig::from_rustls`] configuration or a client that matches the server.
+///
+/// ```
+/// let provider = portcullis::crypto_provider();
+/// let groups: Vec<_> = provider.kx_groups.iter().map(|g| g.name()).collect();
+/// # #[cfg(feature = "aws-lc-rs")]
+/// assert_eq!(groups[0], portcullis::rustls::NamedGroup::X25519MLKEM768);
+/// assert!(groups.contains(&portcullis::rustls::NamedGroup::X25519));
+/// ```
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    #[cfg(feature = "aws-lc-rs")]
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    let provider = rustls::crypto::ring::default_provider();
+    Arc::new(provider)
+}
+
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    crypto_provider()
+}
+
+/// Stateless session tickets from the same provider as the handshakes.
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+    #[cfg(feature = "aws-lc-rs")]
+    return rustls::crypto::aws_lc_rs::Ticketer::new();
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    return rustls::crypto::ring::Ticketer::new();
 }
 
 /// The portcullis defaults: TLS 1.3 and 1.2 only, rustls' default suites, the server's
@@ -344,7 +410,7 @@ fn build_config(
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     // Stateless TLS 1.3 tickets (and TLS 1.2 tickets for clients that support them),
     // encrypted under a key that rotates every 6 hours; a ticket stays valid for 6 to 12.
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.ticketer = ticketer()?;
     Ok(config)
 }
 
@@ -466,6 +532,15 @@ impl fmt::Debug for CertReloader {
     }
 }
 
+/// The ALPN protocol of ACME TLS-ALPN-01 validation (RFC 8737).
+const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Whether a handshake negotiated `acme-tls/1`: a TLS-ALPN-01 validation, which ends
+/// with the handshake (RFC 8737, section 3); the connection carries no HTTP.
+pub(crate) fn is_acme_validation(alpn: Option<&[u8]>) -> bool {
+    alpn == Some(ACME_TLS_ALPN)
+}
+
 const MEMORY_CHAIN: &str = "<certificate chain>";
 const MEMORY_KEY: &str = "<private key>";
 
@@ -566,6 +641,9 @@ struct CertStore {
     current: RwLock<Arc<CertSet>>,
     /// Serialises writers, so two reloads cannot lose each other's change.
     writer: Mutex<()>,
+    /// TLS-ALPN-01 challenge certificates by server name (RFC 8737), served only to
+    /// clients that offer nothing but the `acme-tls/1` ALPN protocol.
+    acme_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl CertStore {
@@ -576,6 +654,7 @@ impl CertStore {
                 by_name: HashMap::new(),
             })),
             writer: Mutex::new(()),
+            acme_challenges: RwLock::new(HashMap::new()),
         }
     }
 
@@ -618,6 +697,18 @@ impl fmt::Debug for CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(mut alpn) = client_hello.alpn() {
+            if alpn.any(|protocol| protocol == ACME_TLS_ALPN) {
+                // A TLS-ALPN-01 validation: the challenge certificate for that name, or
+                // no certificate at all (the handshake fails).
+                let name = client_hello.server_name()?;
+                let challenges = self
+                    .acme_challenges
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
+                return challenges.get(name).cloned();
+            }
+        }
         let set = self.current();
         // rustls hands over the SNI name already in lower case.
         let entry = client_hello

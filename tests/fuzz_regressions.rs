@@ -137,9 +137,16 @@ fn committed_seed_files_match_the_generator() {
         });
         if seed.target == "tls_handshake" {
             // A ClientHello carries fresh randoms and key shares each time it is made:
-            // compare its shape (record header, handshake type and length).
-            assert_eq!(on_disk.len(), seed.data.len(), "{}", path.display());
-            assert_eq!(on_disk[..9], seed.data[..9], "{}", path.display());
+            // compare its shape (record header, handshake type and length). The files are
+            // made with the default provider (aws-lc-rs, with an X25519MLKEM768 key share);
+            // a ring build's ClientHello is shorter, so there only the client choice (the
+            // first byte) is compared.
+            if cfg!(feature = "aws-lc-rs") {
+                assert_eq!(on_disk.len(), seed.data.len(), "{}", path.display());
+                assert_eq!(on_disk[..9], seed.data[..9], "{}", path.display());
+            } else {
+                assert_eq!(on_disk.first(), seed.data.first(), "{}", path.display());
+            }
         } else {
             assert!(
                 on_disk == seed.data,

@@ -296,6 +296,10 @@ async fn open<S: Socket>(
         return Some(protocol);
     }
     let alpn = transport.tls().and_then(|tls| tls.alpn_protocol());
+    if crate::tls::is_acme_validation(alpn) {
+        tracing::info!("answered an ACME tls-alpn-01 validation; closing");
+        return None;
+    }
     Some(match (alpn, ctx.protocols) {
         (Some(b"h2"), _) | (None, Protocols::Http2Only) => Protocol::Http2,
         _ => Protocol::Http1,

@@ -16,7 +16,8 @@
 # /proc/PID once a second. Each attack passes only if every check below holds
 # (report.py prints one `CHECK ok|FAIL` line per check):
 #   legit     every legitimate request answered 200 within 10 s, and the legitimate client
-#             ran through the whole attack (it stops early when the attack tool dies)
+#             ran until the attack ended (it stops when the attack tool exits; whether the
+#             tool exited for a good reason is the `attacker` check)
 #   attacker  the tool exited 0 and said why it stopped: slowhttptest "Hit test time limit"
 #             or "No open connections left" (it exits 0 even on "Connection refused", so the
 #             text is checked too); silent.py exit 0
@@ -318,7 +319,7 @@ ANY_FAILED=
 run_attack() {
   local name=$1 kind=$2 secs=$3 bound_name=$4 bound_s=$5 held_min=$6 cut_from=$7
   shift 7
-  local d=$TMP/$name t0 spid apid lpid rc=0 stop fd_base
+  local d=$TMP/$name t0 spid apid lpid rc=0 stop fd_base attack_ended_ms
   case " $ONLY " in *" $name "*) ;; *) return 0 ;; esac
   mkdir -p "$d"
   ATTACK_DIRS+=("$d")
@@ -357,9 +358,12 @@ run_attack() {
   PIDS+=("$lpid")
   wait "$lpid" || true
 
-  # The attack tool stops by itself after its test length; give it some slack.
+  # The attack tool stops by itself after its test length; give it some slack. When it
+  # ended (to ~0.2 s, or one legitimate request) bounds how long the legitimate client
+  # must have run.
   stop=$((t0 + (secs + 20) * 1000000))
   while alive "$apid" && [ "$(now_us)" -lt "$stop" ]; do sleep 0.2; done
+  attack_ended_ms=$((($(now_us) - t0) / 1000))
   if alive "$apid"; then
     echo "the attack tool did not stop by itself $((secs + 20)) s after starting: killing it"
     kill -TERM "$apid" 2>/dev/null || true
@@ -368,9 +372,10 @@ run_attack() {
   kill -TERM "$spid" 2>/dev/null || true
   wait "$spid" || true
 
-  printf '{"name": "%s", "kind": "%s", "seconds": %d, "conns": %d, "attack_rc": %d, "bound_name": "%s", "bound_s": %s, "held_min": %d, "fd_base": %d, "cpu_limit_pct": %s, "clk_tck": %d, "legit_delay": %d, "cut_from": "%s"}\n' \
+  printf '{"name": "%s", "kind": "%s", "seconds": %d, "conns": %d, "attack_rc": %d, "bound_name": "%s", "bound_s": %s, "held_min": %d, "fd_base": %d, "cpu_limit_pct": %s, "clk_tck": %d, "legit_delay": %d, "cut_from": "%s", "attack_ended_s": %s}\n' \
     "$name" "$kind" "$secs" "$CONNS" "$rc" "$bound_name" "$bound_s" "$held_min" "$fd_base" \
-    "$CPU_LIMIT" "$(getconf CLK_TCK)" "$LEGIT_DELAY" "$cut_from" >"$d/meta.json"
+    "$CPU_LIMIT" "$(getconf CLK_TCK)" "$LEGIT_DELAY" "$cut_from" \
+    "$((attack_ended_ms / 1000)).$(printf '%03d' $((attack_ended_ms % 1000)))" >"$d/meta.json"
   if [ "$kind" = silent ]; then
     sed 's/^/  silent.py: /' "$d/attacker.out" | head -n 20
   else

@@ -394,9 +394,11 @@ nghttp_settings() {
 }
 
 # readme_window_updates: the WINDOW_UPDATE count the docs quote for the 64 MiB nghttp
-# download ("(4 096 WINDOW_UPDATEs)"), from README.md or docs/*.md; empty if none.
+# download ("4 096 WINDOW_UPDATEs"), from README.md or docs/*.md; empty if none. nghttp's
+# count varies by a frame or two from run to run (4 094-4 096), so the check allows 1 %.
 readme_window_updates() {
-  grep -ho '([0-9][0-9 ]* WINDOW_UPDATEs)' README.md docs/*.md 2>/dev/null | head -n 1 | tr -dc '0-9'
+  grep -hoE '[0-9][0-9 ]*[0-9] WINDOW_UPDATEs' README.md docs/*.md 2>/dev/null | head -n 1 |
+    sed 's/ WINDOW_UPDATEs//' | tr -dc '0-9'
 }
 
 nghttp_flow_control() {
@@ -409,9 +411,9 @@ nghttp_flow_control() {
   # Second pass: the body itself.
   sum=$(timeout 60 nghttp "https://127.0.0.1:$BULK/64MiB.bin" 2>/dev/null | sha256sum | cut -d' ' -f1)
   want_updates=$(readme_window_updates)
-  echo "$(grep -m1 -o ':status: [0-9]*' <<<"$out"), ${bytes:-0} bytes in DATA frames, $updates WINDOW_UPDATE frames sent (64 KiB windows; the docs quote ${want_updates:-nothing}), sha256 $([ "$sum" = "$SUM64" ] && echo matches || echo DIFFERS)"
+  echo "$(grep -m1 -o ':status: [0-9]*' <<<"$out"), ${bytes:-0} bytes in DATA frames, $updates WINDOW_UPDATE frames sent (64 KiB windows; the docs quote ${want_updates:-nothing}, +-1 %), sha256 $([ "$sum" = "$SUM64" ] && echo matches || echo DIFFERS)"
   grep -q ':status: 200' <<<"$out" && [ "${bytes:-0}" = $((64 * 1024 * 1024)) ] && [ "$sum" = "$SUM64" ] &&
-    [ -n "$want_updates" ] && [ "$updates" = "$want_updates" ]
+    [ -n "$want_updates" ] && [ $((100 * (updates > want_updates ? updates - want_updates : want_updates - updates))) -le "$want_updates" ]
 }
 
 if wanted nghttp; then
