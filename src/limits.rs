@@ -137,7 +137,8 @@ pub struct Limits {
     /// has been idle longest (no request in flight) to close (HTTP/2: GOAWAY; HTTP/1: closed
     /// between requests); accepting resumes as soon as one closes. The count is for the
     /// whole server, whatever [`Server::reactors`](crate::Server::reactors) is (the idle
-    /// connection asked to close is the longest-idle one of the reactor that hit the limit).
+    /// connection asked to close is the longest-idle one of the reactor that took the new
+    /// connection, or of another reactor when that one has none idle).
     ///
     /// Default 10 000: nginx's is `worker_connections` (512) per worker process, Go and
     /// Kestrel have no limit. An idle connection costs portcullis memory only, about the
