@@ -11,10 +11,14 @@
 #   SECONDS       length of each load in seconds (default 10; LOAD_SECONDS is the same)
 #   QUICK=1       ROUNDS=1 and 3 s loads
 #   SCENARIOS     space-separated subset of: h1 h2 newconn idle sleep upload_h1 upload_h2
-#                 download_h1 download_h2 h1_all h2_all newconn_all sleep_all
+#                 download_h1 download_h2 logging h1_all h2_all newconn_all sleep_all
 #                 (default: all). The *_all ones run servers and load generator
 #                 unpinned, free to use every CPU (portcullis with one reactor per CPU,
 #                 the peer with one tokio worker per CPU); the others pin them.
+#
+# `logging` is not against the peer: it runs the `hello` example (release) twice, with
+# its default logging (RUST_LOG unset: info, one access line per request, to a file) in
+# the portcullis column and with RUST_LOG=off in the peer column, under the h1 load.
 #   IDLE_CONNS    connections held open by the idle-memory scenario (default 5000)
 #   SERVER_CPU    CPU the servers are pinned to (default 0)
 #   LOAD_CPU      CPU the load generators are pinned to (default 1)
@@ -59,7 +63,7 @@ NOISE_LIMIT=${NOISE_LIMIT:-10}
 NOISE_RETRIES=${NOISE_RETRIES:-2}
 NICE=${NICE:-}
 noisy_kept=0
-ALL_SCENARIOS="h1 h2 newconn idle sleep upload_h1 upload_h2 download_h1 download_h2 h1_all h2_all newconn_all sleep_all"
+ALL_SCENARIOS="h1 h2 newconn idle sleep upload_h1 upload_h2 download_h1 download_h2 logging h1_all h2_all newconn_all sleep_all"
 # Set per run: 1 while an unpinned (*_all) scenario runs; then the load generators run
 # one thread per CPU.
 UNPINNED=0
@@ -116,6 +120,10 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # ---------------------------------------------------------------------------- build
 log "building (release)"
 cargo build --release --quiet --manifest-path "$ROOT/benches/Cargo.toml"
+if [[ " $SCENARIOS " == *" logging "* ]]; then
+    cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --example hello
+fi
+HELLO="$ROOT/target/release/examples/hello"
 if [[ " $SCENARIOS " == *" newconn "* ]]; then
     log "building portcullis_server on ring (release)"
     cargo build --release --quiet --manifest-path "$ROOT/benches/Cargo.toml" --no-default-features \
@@ -129,7 +137,7 @@ PORT=
 
 # pin CMD...: runs CMD on SERVER_CPU, or on every CPU in an unpinned scenario. Called in
 # the background (`pin_server ... &`): `exec` makes the background job the server itself
-# (nice and taskset exec it in turn), so that $! is the server's pid.
+# (nice, taskset and env exec it in turn), so that $! is the server's pid.
 pin_server() {
     if ((UNPINNED)); then
         exec ${NICE:+nice -n "$NICE"} "$@"
@@ -138,23 +146,31 @@ pin_server() {
     fi
 }
 
-start_server() { # name logfile
-    local name=$1 logfile=$2
-    case $name in
-    portcullis)
+start_server() { # name logfile scenario
+    local name=$1 logfile=$2 scenario=${3:-}
+    case $scenario/$name in
+    logging/portcullis) # the hello example with its default logging (info), to the log file
+        pin_server env -u RUST_LOG "$HELLO" --addr 127.0.0.1:0 \
+            >"$logfile" 2>&1 &
+        ;;
+    logging/peer) # the same binary with logging off
+        pin_server env RUST_LOG=off "$HELLO" --addr 127.0.0.1:0 \
+            >"$logfile" 2>&1 &
+        ;;
+    */portcullis)
         pin_server "$BIN/portcullis_server" --addr 127.0.0.1:0 --max-workers 512 \
             >"$logfile" 2>&1 &
         ;;
-    portcullis_ring)
+    */portcullis_ring)
         pin_server "$BIN_RING/portcullis_server" --addr 127.0.0.1:0 --max-workers 512 \
             >"$logfile" 2>&1 &
         ;;
-    peer)
+    */peer)
         pin_server "$BIN/peer" --addr 127.0.0.1:0 ${PEER_THREADS:+--threads "$PEER_THREADS"} \
             >"$logfile" 2>&1 &
         ;;
     esac
-    SERVER_PID=$! # nice and taskset exec the server: this is the server's own pid
+    SERVER_PID=$! # env, nice and taskset exec the server: this is the server's own pid
     local i
     for i in $(seq 1 200); do
         if URL=$(sed -n 's/^listening on \(https:\/\/127\.0\.0\.1:[0-9]*\).*/\1/p' "$logfile" | head -n1) && [[ -n "$URL" ]]; then
@@ -324,6 +340,7 @@ scenario_upload_h1() { bulk --http1.1 up "$1"; }
 scenario_upload_h2() { bulk --http2 up "$1"; }
 scenario_download_h1() { bulk --http1.1 down "$1"; }
 scenario_download_h2() { bulk --http2 down "$1"; }
+scenario_logging() { scenario_h1 "$1"; } # same load; the servers differ (start_server)
 
 # ---------------------------------------------------------------------------- run
 head -c "$BULK_BYTES" /dev/urandom >"$OUT/upload.bin"
@@ -355,7 +372,7 @@ for scenario in $SCENARIOS; do
                     UNPINNED=1
                     LOAD_THREADS=$ncpu
                 fi
-                start_server "$server" "$OUT/logs/$tag.server.log"
+                start_server "$server" "$OUT/logs/$tag.server.log" "$scenario"
                 kids0=$(children_ticks)
                 read -r sbusy0 stotal0 lbusy0 ltotal0 <<<"$(cpu_ticks)"
                 srv0=$(proc_ticks "$SERVER_PID")
@@ -475,6 +492,7 @@ elapsed=$(($(date +%s) - started))
     row upload_h2 1 "8 MiB upload, POST /echo, HTTP/2" "MB/s" ">=0.95" 0 cpu
     row download_h1 1 "8 MiB download, HTTP/1.1" "MB/s" ">=0.95" 0 cpu
     row download_h2 1 "8 MiB download, HTTP/2" "MB/s" ">=0.95" 0 cpu
+    row logging 1 "hello example: default logging (portcullis column) / RUST_LOG=off (peer column), wrk -c64" "req/s" ">=0.85" 0 cpu
     if ls "$OUT"/results/*_all.portcullis >/dev/null 2>&1; then
         echo
         echo "Unpinned: servers and load generator free on all $ncpu CPUs (portcullis: one reactor per CPU; peer: one tokio worker per CPU). Server CPU in % of one CPU; busy threads: reactors (portcullis) / tokio workers (peer) that used >= 10 % of a CPU."

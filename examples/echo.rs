@@ -12,9 +12,15 @@ mod support;
 
 use portcullis::{Body, Response};
 
-fn main() -> std::io::Result<()> {
-    support::init_logging();
-    let args = support::Args::parse();
+/// A start-up error (a certificate that cannot be read, an address in use) is printed as
+/// its message: `portcullis::Error`'s `Debug` is its `Display`.
+fn main() -> Result<(), portcullis::Error> {
+    let _logs = support::init_logging();
+    let mut args = support::Args::parse();
+    if !args.max_body_bytes_set {
+        // The body streams back and never sits whole in memory: no size limit.
+        args.limits.max_request_body_bytes = u64::MAX;
+    }
     let server = args.start(|req, _info| {
         let mut response = Response::new(Body::empty());
         if let Some(kind) = req.headers().get(portcullis::http::header::CONTENT_TYPE) {
@@ -25,5 +31,6 @@ fn main() -> std::io::Result<()> {
         *response.body_mut() = req.into_body();
         response
     })?;
-    server.join()
+    server.join()?;
+    Ok(())
 }

@@ -13,10 +13,13 @@ mod support;
 
 use portcullis::files::StaticFiles;
 
-fn main() -> std::io::Result<()> {
-    support::init_logging();
+/// A start-up error (a certificate that cannot be read, an address in use) is printed as
+/// its message: `portcullis::Error`'s `Debug` is its `Display`.
+fn main() -> Result<(), portcullis::Error> {
+    let _logs = support::init_logging();
     let args = support::Args::parse();
     let files = StaticFiles::new(&args.root)?;
     let server = args.start(move |req, _info| files.respond(&req))?;
-    server.join()
+    server.join()?;
+    Ok(())
 }

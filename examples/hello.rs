@@ -13,8 +13,10 @@ mod support;
 use portcullis::http::header::{self, HeaderValue};
 use portcullis::{Body, Response};
 
-fn main() -> std::io::Result<()> {
-    support::init_logging();
+/// A start-up error (a certificate that cannot be read, an address in use) is printed as
+/// its message: `portcullis::Error`'s `Debug` is its `Display`.
+fn main() -> Result<(), portcullis::Error> {
+    let _logs = support::init_logging();
     let args = support::Args::parse();
     let server = args.start(|_req, _info| {
         let mut response = Response::new(Body::from("Hello, World!\n"));
@@ -31,5 +33,6 @@ fn main() -> std::io::Result<()> {
         );
         response
     })?;
-    server.join()
+    server.join()?;
+    Ok(())
 }

@@ -250,11 +250,14 @@ fn error(status: StatusCode, message: &str) -> Response {
     json_response(status, &json!({ "error": message }))
 }
 
-fn main() -> std::io::Result<()> {
-    support::init_logging();
+/// A start-up error (a certificate that cannot be read, an address in use) is printed as
+/// its message: `portcullis::Error`'s `Debug` is its `Display`.
+fn main() -> Result<(), portcullis::Error> {
+    let _logs = support::init_logging();
     let args = support::Args::parse();
     let routes = Routes::new().map_err(std::io::Error::other)?;
     let app = Arc::new(App::default());
     let server = args.start(move |req, info| routes.handle(&app, req, info))?;
-    server.join()
+    server.join()?;
+    Ok(())
 }

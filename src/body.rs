@@ -25,6 +25,22 @@ pub(crate) const STREAM_CHUNK: usize = 16 * 1024;
 enum End {
     Complete,
     Failed(io::ErrorKind, Arc<str>),
+    /// A request body grew past the limit (`Limits::max_request_body_bytes`).
+    TooLarge(u64),
+}
+
+impl End {
+    /// The error a read at this end gets, or `None` at a complete end.
+    fn error(&self) -> Option<io::Error> {
+        match self {
+            End::Complete => None,
+            End::Failed(kind, message) => Some(io::Error::new(*kind, message.to_string())),
+            End::TooLarge(limit) => Some(io::Error::new(
+                io::ErrorKind::InvalidData,
+                BodyTooLarge { limit: *limit },
+            )),
+        }
+    }
 }
 
 struct PipeState {
@@ -36,6 +52,8 @@ struct PipeState {
     consumer_gone: bool,
     /// The response to the request whose body this is has been sent.
     response_done: bool,
+    /// Request pipes: the pump has stopped reading the body (see [`Pipe::producer_done`]).
+    producer_done: bool,
     /// The producer has started reading from the client since the consumer first asked.
     producer_reading: bool,
     /// Waits for `producer_reading` (an HTTP/1 response held back until `100 Continue`
@@ -80,6 +98,7 @@ impl Pipe {
                 demanded: false,
                 consumer_gone: false,
                 response_done: false,
+                producer_done: false,
                 producer_reading: false,
                 reading_waker: None,
                 waker: None,
@@ -315,6 +334,46 @@ impl Pipe {
         Self::wake_async_side(state);
     }
 
+    /// Asynchronous producer of a request body: the body grew past `limit`; the consumer's
+    /// next read fails with [`BodyTooLarge`] (after what is queued).
+    pub(crate) fn finish_too_large(&self, limit: u64) {
+        let mut state = self.lock();
+        if state.end.is_none() {
+            state.end = Some(End::TooLarge(limit));
+        }
+        self.notify_blocking_side(&mut state);
+        Self::wake_async_side(state);
+    }
+
+    /// Request pipes: whether the consumer let the body go before its end, which the
+    /// producer has not reached yet (it is draining the rest).
+    pub(crate) fn is_draining(&self) -> bool {
+        let state = self.lock();
+        (state.consumer_gone || matches!(state.end, Some(End::TooLarge(_)))) && !state.producer_done
+    }
+
+    /// Ready once the producer is done (the body ended, failed or the drain stopped).
+    pub(crate) fn poll_ended(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.lock();
+        if state.producer_done {
+            return Poll::Ready(());
+        }
+        state.consumer_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// The producer is done with the body (a request pump at its end).
+    pub(crate) fn producer_done(&self) {
+        let mut state = self.lock();
+        state.producer_done = true;
+        Self::wake_async_side(state);
+    }
+
+    /// Whether [`finish_too_large`](Pipe::finish_too_large) ended the body.
+    pub(crate) fn is_too_large(&self) -> bool {
+        matches!(self.lock().end, Some(End::TooLarge(_)))
+    }
+
     /// Blocking consumer: the next chunk, `None` at a complete end, an error at a failed
     /// one (a truncated body is never reported as a clean end).
     pub(crate) fn pop_blocking(&self) -> io::Result<Option<Bytes>> {
@@ -328,10 +387,7 @@ impl Pipe {
                 return Ok(Some(chunk));
             }
             match &state.end {
-                Some(End::Complete) => return Ok(None),
-                Some(End::Failed(kind, message)) => {
-                    return Err(io::Error::new(*kind, message.to_string()))
-                }
+                Some(end) => return end.error().map_or(Ok(None), Err),
                 None => state = self.wait(state, None),
             }
         }
@@ -360,10 +416,7 @@ impl Pipe {
             return Poll::Ready(Some(Ok(chunk)));
         }
         match &state.end {
-            Some(End::Complete) => Poll::Ready(None),
-            Some(End::Failed(kind, message)) => {
-                Poll::Ready(Some(Err(io::Error::new(*kind, message.to_string()))))
-            }
+            Some(end) => Poll::Ready(end.error().map(Err)),
             None => {
                 state.consumer_waker = Some(cx.waker().clone());
                 Poll::Pending
@@ -511,6 +564,77 @@ impl Body {
             Kind::Incoming(reader) => reader.left,
             Kind::Reader(_) => None,
         }
+    }
+
+    /// Reads the whole body into memory. A request body is refused past
+    /// [`Limits::max_request_body_bytes`](crate::Limits::max_request_body_bytes) (the
+    /// error converts into a `413` [`Error`](crate::Error)); a cut or stalled one is an
+    /// error too, never a short `Ok`.
+    ///
+    /// ```
+    /// let bytes = portcullis::Body::from("abc").into_bytes()?;
+    /// assert_eq!(bytes, "abc");
+    /// # Ok::<(), portcullis::Error>(())
+    /// ```
+    pub fn into_bytes(mut self) -> Result<Bytes, crate::Error> {
+        if let Kind::Bytes(bytes) = &mut self.kind {
+            return Ok(std::mem::take(bytes));
+        }
+        let mut chunks = Vec::new();
+        while let Some(chunk) = self.next_chunk()? {
+            chunks.push(chunk);
+        }
+        Ok(match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().unwrap_or_default(),
+            _ => Bytes::from(chunks.concat()),
+        })
+    }
+
+    /// Reads the whole body into a `Vec`, as [`into_bytes`](Body::into_bytes) does.
+    ///
+    /// ```
+    /// let bytes = portcullis::Body::from(vec![1, 2, 3]).into_vec()?;
+    /// assert_eq!(bytes, [1, 2, 3]);
+    /// # Ok::<(), portcullis::Error>(())
+    /// ```
+    pub fn into_vec(self) -> Result<Vec<u8>, crate::Error> {
+        Ok(Vec::from(self.into_bytes()?))
+    }
+
+    /// Reads the whole body as UTF-8 text, as [`into_bytes`](Body::into_bytes) does; text
+    /// that is not UTF-8 is a `400` [`Error`](crate::Error).
+    ///
+    /// ```
+    /// let text = portcullis::Body::from("héllo").into_string()?;
+    /// assert_eq!(text, "héllo");
+    /// let bad = portcullis::Body::from(vec![0xff, 0xfe]).into_string().unwrap_err();
+    /// assert_eq!(bad.status(), 400);
+    /// # Ok::<(), portcullis::Error>(())
+    /// ```
+    pub fn into_string(self) -> Result<String, crate::Error> {
+        Ok(String::from_utf8(self.into_vec()?)?)
+    }
+
+    /// Reads the whole body, as [`into_bytes`](Body::into_bytes) does, and parses it as
+    /// JSON (feature `json`); JSON that does not parse or does not fit `T` is a `400`
+    /// [`Error`](crate::Error) saying why.
+    ///
+    /// ```
+    /// #[derive(serde::Deserialize)]
+    /// struct NewNote {
+    ///     text: String,
+    /// }
+    ///
+    /// let note: NewNote = portcullis::Body::from(r#"{"text":"milk"}"#).into_json()?;
+    /// assert_eq!(note.text, "milk");
+    /// let bad = portcullis::Body::from("{").into_json::<NewNote>();
+    /// assert_eq!(bad.err().map(|e| e.status()), Some(portcullis::http::StatusCode::BAD_REQUEST));
+    /// # Ok::<(), portcullis::Error>(())
+    /// ```
+    #[cfg(feature = "json")]
+    pub fn into_json<T: serde::de::DeserializeOwned>(self) -> Result<T, crate::Error> {
+        Ok(serde_json::from_slice(&self.into_bytes()?)?)
     }
 
     /// The body chunk by chunk, as the connection delivers it (request bodies) or in
@@ -729,6 +853,26 @@ impl Read for Body {
     }
 }
 
+/// The error inside the `io::Error` a request body read fails with once the body grows
+/// past [`Limits::max_request_body_bytes`](crate::Limits::max_request_body_bytes);
+/// [`Error`](crate::Error) maps it to `413`.
+#[derive(Debug)]
+pub(crate) struct BodyTooLarge {
+    pub(crate) limit: u64,
+}
+
+impl fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the request body is larger than {} bytes (Limits::max_request_body_bytes)",
+            self.limit
+        )
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
 /// Iterator over a body's chunks, from [`Body::chunks`].
 pub struct Chunks<'a> {
     body: &'a mut Body,
@@ -779,15 +923,27 @@ impl From<String> for Body {
     }
 }
 
-impl From<&'static str> for Body {
-    fn from(text: &'static str) -> Body {
-        Body::from(Bytes::from_static(text.as_bytes()))
+/// Copies the text, so a borrowed `&str` (`req.uri().path()`) works as well as a literal;
+/// `Body::from(Bytes::from_static(..))` avoids the copy of a `'static` one.
+impl From<&str> for Body {
+    fn from(text: &str) -> Body {
+        Body::from(Bytes::copy_from_slice(text.as_bytes()))
     }
 }
 
-impl From<&'static [u8]> for Body {
-    fn from(bytes: &'static [u8]) -> Body {
-        Body::from(Bytes::from_static(bytes))
+/// Copies the bytes (see `From<&str>`).
+impl From<&[u8]> for Body {
+    fn from(bytes: &[u8]) -> Body {
+        Body::from(Bytes::copy_from_slice(bytes))
+    }
+}
+
+impl From<std::borrow::Cow<'_, str>> for Body {
+    fn from(text: std::borrow::Cow<'_, str>) -> Body {
+        match text {
+            std::borrow::Cow::Borrowed(text) => Body::from(text),
+            std::borrow::Cow::Owned(text) => Body::from(text),
+        }
     }
 }
 

@@ -83,7 +83,8 @@ pub struct StaticFiles {
 }
 
 impl StaticFiles {
-    /// Serves the directory `root`. Fails if it does not exist or is not a directory.
+    /// Serves the directory `root`. Fails if it does not exist, is not a directory, or
+    /// cannot be read by this process (it would answer `403` to everything).
     /// The root is resolved once, here (symbolic links followed); every request must stay
     /// under that resolved path.
     ///
@@ -107,6 +108,16 @@ impl StaticFiles {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("static files root {} is not a directory", given.display()),
+            ));
+        }
+        // A root this process cannot read would answer 403 to every request: say so now.
+        if let Err(e) = fs::read_dir(&root) {
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "static files root {} is not readable by this process: {e}",
+                    given.display()
+                ),
             ));
         }
         Ok(StaticFiles {

@@ -25,6 +25,12 @@
 //! connection costs memory, never a thread. See `docs/architecture.md` for the path of a
 //! connection and [`Limits`] for every timeout and limit.
 //!
+//! Handlers may return anything that is [`IntoResponse`] — a [`Response`], a string, a
+//! status, [`response::Html`], `response::Json` (feature `json`), or a `Result` whose
+//! error is an [`Error`], so `?` works inside them; [`Body::into_string`] and similar helpers read
+//! request bodies under [`Limits::max_request_body_bytes`]. [`Server::serve`] shuts down
+//! gracefully on `SIGINT` and `SIGTERM`.
+//!
 //! For production HTTPS, [`TlsConfig`] picks certificates by server name
 //! ([`TlsConfig::with_sni`]), swaps them on a running server ([`CertReloader`]), resumes
 //! sessions by default, and checks client certificates
@@ -39,12 +45,14 @@ pub mod acme;
 mod activation;
 mod body;
 mod conn;
+mod error;
 pub mod files;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod limits;
 mod reactor;
 mod redirect;
+pub mod response;
 mod server;
 mod service;
 mod signals;
@@ -55,10 +63,12 @@ pub use activation::listen_fds;
 pub use body::{Body, Chunks};
 pub use bytes::Bytes;
 pub use conn::{ConnectionInfo, InvalidNetwork, IpNetwork, Protocol, ProxyProtocol, TlsVersion};
+pub use error::Error;
 pub use files::StaticFiles;
 pub use http;
 pub use limits::Limits;
 pub use redirect::HttpsRedirect;
+pub use response::IntoResponse;
 pub use rustls;
 pub use server::{Protocols, Server, ServerHandle};
 pub use service::{Request, Response, Service};

@@ -67,6 +67,24 @@ pub struct Limits {
     /// Default 5 s, as Kestrel.
     pub min_rate_grace: Duration,
 
+    /// Largest request body accepted, in bytes. A request that declares a larger
+    /// `Content-Length` gets `413 Content Too Large` before its handler runs (with
+    /// `Expect: 100-continue`, without inviting the body). A body without a declared length
+    /// that grows past it fails the handler's next read (an `io::Error` that
+    /// [`Error`](crate::Error) maps to `413`), and the client gets `413` whatever the
+    /// handler returns, since no response head has gone out. The body helpers
+    /// ([`Body::into_bytes`](crate::Body::into_bytes), `into_string`, `into_json`) read
+    /// under this limit. `u64::MAX` turns it off.
+    ///
+    /// Default 30 000 000 bytes, as Kestrel (`MaxRequestBodySize`), the server whose model
+    /// is closest to this one (the body streams to application code). nginx refuses bodies
+    /// over 1 MiB (`client_max_body_size`), but nginx spools them to disk for its backends;
+    /// here a handler that collects a body holds it in memory, and 30 MB lets ordinary
+    /// uploads (photos, documents) through while bounding what one request can make a
+    /// handler hold. An API that takes only small JSON documents should lower it (the
+    /// `json_api` example uses 1 MiB).
+    pub max_request_body_bytes: u64,
+
     /// Request bodies whose `Content-Length` is at most this many bytes are read whole on
     /// the reactor before the handler runs (as nginx buffers bodies for its backends), so a
     /// slow client never holds a worker thread for them. Larger or unsized bodies stream
@@ -194,6 +212,7 @@ impl Default for Limits {
             request_body_timeout: Duration::from_secs(60),
             min_request_body_rate: 240,
             min_rate_grace: Duration::from_secs(5),
+            max_request_body_bytes: 30_000_000,
             buffered_body_limit: 64 * 1024,
             send_timeout: Duration::from_secs(60),
             min_response_body_rate: 240,

@@ -11,7 +11,8 @@ use socket2::{Domain, Socket, Type};
 use crate::conn::{self, ProxyProtocol, ServerContext};
 use crate::reactor::leader::BlockingRoutes;
 use crate::reactor::{Reactor, ReactorConfig, ReactorHandle, Shared};
-use crate::service::{Request, Response, Service};
+use crate::response::IntoResponse;
+use crate::service::{Request, Service};
 use crate::worker::{PoolConfig, PoolStats, WorkerPool};
 use crate::ConnectionInfo;
 use crate::{Limits, TlsConfig};
@@ -287,9 +288,10 @@ impl Server {
     /// Serves `handler` on the calling thread until `SIGINT` or `SIGTERM`, then shuts
     /// down gracefully (see [`ServerHandle::shutdown`]) and returns `Ok(())`; a second
     /// signal ends the process at once. Use [`spawn`](Server::spawn) to keep the thread.
-    pub fn serve<F>(self, handler: F) -> io::Result<()>
+    pub fn serve<F, R>(self, handler: F) -> io::Result<()>
     where
-        F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
+        F: Fn(Request, ConnectionInfo) -> R + Send + Sync + 'static,
+        R: IntoResponse,
     {
         self.serve_service(handler)
     }
@@ -316,9 +318,10 @@ impl Server {
     /// handle.shutdown()?;
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn spawn<F>(self, handler: F) -> io::Result<ServerHandle>
+    pub fn spawn<F, R>(self, handler: F) -> io::Result<ServerHandle>
     where
-        F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
+        F: Fn(Request, ConnectionInfo) -> R + Send + Sync + 'static,
+        R: IntoResponse,
     {
         self.spawn_service(handler)
     }

@@ -16,7 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, Uri};
@@ -31,6 +31,8 @@ use crate::conn::deadlines::{
 };
 use crate::conn::{ConnectionInfo, Protocol, ServerContext};
 use crate::reactor::leader;
+use crate::reactor::timer::TimerQueue;
+use crate::response::IntoResponse;
 use crate::worker::{InlineRun, WorkerPool};
 
 /// A request as a handler receives it: the `http` crate's type with a streaming [`Body`].
@@ -38,26 +40,28 @@ pub type Request = http::Request<Body>;
 
 /// A response as a handler returns it.
 ///
-/// This is a type alias, so build one with `Response::new(body)` or with the `http` crate's
-/// builder:
+/// This is a type alias of `http::Response<Body>`: build one with `Response::new(body)`,
+/// with [`IntoResponse`] (`"text".into_response()`, `(status, body)`, [`Html`](crate::response::Html), ...)
+/// or with the builder from [`response::builder`](crate::response::builder):
 ///
 /// ```
-/// use portcullis::{http, Body, Response};
+/// use portcullis::{response, Body, IntoResponse, Response};
 ///
-/// let response: Response = http::Response::builder()
+/// let response: Response = response::builder()
 ///     .status(404)
 ///     .header("content-type", "text/plain")
-///     .body(Body::from("not found\n"))?;
+///     .body("not found\n")
+///     .into_response();
 /// assert_eq!(response.status(), 404);
-/// # Ok::<(), http::Error>(())
 /// ```
 pub type Response = http::Response<Body>;
 
 /// Bytes queued between the connection and a worker, per body and direction.
 const PIPE_CAPACITY: usize = 64 * 1024;
 
-/// What serves requests. Any `Fn(Request, ConnectionInfo) -> Response + Send + Sync` is
-/// one; implement the trait yourself for a stateful service.
+/// What serves requests. Any `Fn(Request, ConnectionInfo) -> R + Send + Sync` whose `R` is
+/// [`IntoResponse`] is one (a [`Response`], a string, a `Result<T, Error>`, ...);
+/// implement the trait yourself for a stateful service.
 ///
 /// `call` runs on a worker thread, or on the reactor thread that read the request (which
 /// hands the reactor to another thread if `call` takes long), and may block: read files,
@@ -84,12 +88,13 @@ pub trait Service: Send + Sync + 'static {
     fn call(&self, request: Request, info: ConnectionInfo) -> Response;
 }
 
-impl<F> Service for F
+impl<F, R> Service for F
 where
-    F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
+    F: Fn(Request, ConnectionInfo) -> R + Send + Sync + 'static,
+    R: IntoResponse,
 {
     fn call(&self, request: Request, info: ConnectionInfo) -> Response {
-        self(request, info)
+        self(request, info).into_response()
     }
 }
 
@@ -127,6 +132,21 @@ impl Dispatch {
             grace: limits.min_rate_grace,
             send_timeout: limits.send_timeout,
         }
+    }
+
+    /// Starts the reactor task that moves `incoming` into `pipe` (see [`pump_request_body`]).
+    fn spawn_pump(&self, incoming: Incoming, pipe: Arc<Pipe>, expects_continue: bool) {
+        let deadline = BodyDeadline::new(self.body_rate(), &self.ctx.reactor.timers);
+        self.ctx.reactor.run_queue.spawn(Box::pin(pump_request_body(
+            incoming,
+            pipe,
+            expects_continue,
+            self.info.protocol(),
+            deadline,
+            self.watch.clone(),
+            self.ctx.limits.max_request_body_bytes,
+            self.ctx.reactor.timers.clone(),
+        )));
     }
 
     /// Hands a request with its body to the worker pool, or, when the body is complete
@@ -167,21 +187,13 @@ impl Dispatch {
     }
 }
 
-/// The handler panicked; hyper resets the HTTP/2 stream.
-#[derive(Debug)]
-pub(crate) struct HandlerPanicked;
-
-impl std::fmt::Display for HandlerPanicked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the handler panicked")
-    }
-}
-
-impl std::error::Error for HandlerPanicked {}
+/// Every outcome is a response: a panic is a `500` on both protocols (the handler's
+/// response head cannot have gone out), a shed request a `503`.
+pub(crate) type Never = std::convert::Infallible;
 
 impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
     type Response = http::Response<ResponseBody>;
-    type Error = HandlerPanicked;
+    type Error = Never;
     type Future = ResponseFuture;
 
     fn call(&self, request: http::Request<Incoming>) -> ResponseFuture {
@@ -190,7 +202,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
         // already in hyper's buffer cost no read): see `reactor::coop`.
         crate::reactor::coop::spend(crate::reactor::coop::REQUEST_COST);
         let (parts, incoming) = request.into_parts();
-        let mut log = AccessLog::new(&parts, self.info.peer_addr(), self.watch.request_started());
+        let mut log = AccessLog::new(&parts, &self.info, self.watch.request_started());
         if let Some(problem) = malformed(&parts) {
             // As nginx and Go do; answered here, no worker involved.
             tracing::info!(problem, "bad request");
@@ -200,6 +212,33 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
                 .headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             return self.ready(Outcome::Response(response));
+        }
+        let limit = self.ctx.limits.max_request_body_bytes;
+        if let Some(declared) = incoming.size_hint().exact().filter(|&n| n > limit) {
+            // Refused before any handler runs; with `Expect: 100-continue` the body is
+            // never invited.
+            tracing::info!(limit, declared, "request body too large");
+            log.status = StatusCode::PAYLOAD_TOO_LARGE;
+            let expects_continue = parts
+                .headers
+                .get(http::header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            if declared > DRAIN_MAX_BYTES || (expects_continue && protocol == Protocol::Http1) {
+                // Too much to drain (or never invited): HTTP/1 closes after the answer.
+                let close = protocol == Protocol::Http1;
+                return self.ready(Outcome::Response(too_large_response(close, log)));
+            }
+            // Read and discard what the client is already sending (bounded), so that it
+            // gets the answer rather than a reset in the middle of its upload; an HTTP/2
+            // answer waits for the end of the drain.
+            let pipe = Pipe::new(PIPE_CAPACITY);
+            pipe.close_consumer();
+            self.spawn_pump(incoming, pipe.clone(), false);
+            let mut future = self.ready(Outcome::Response(too_large_response(false, log)));
+            if protocol == Protocol::Http2 {
+                future.draining = Some(pipe);
+            }
+            return future;
         }
         let (running, handlers) = self.watch.handler_started();
         if protocol == Protocol::Http2 && handlers > self.ctx.limits.max_concurrent_streams as usize
@@ -221,12 +260,11 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
             .size_hint()
             .exact()
             .is_some_and(|n| n <= self.ctx.limits.buffered_body_limit as u64);
-        let deadline = BodyDeadline::new(self.body_rate(), &self.ctx.reactor.timers);
         if small && !expects_continue {
             return self.response_future(State::Collecting(Box::new(Collecting {
                 incoming,
                 chunks: Vec::new(),
-                deadline,
+                deadline: BodyDeadline::new(self.body_rate(), &self.ctx.reactor.timers),
                 parts: Some(parts),
                 log: Some(log),
                 running: Some(running),
@@ -235,20 +273,15 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
         }
         let length = incoming.size_hint().exact();
         let pipe = Pipe::new(PIPE_CAPACITY);
-        self.ctx.reactor.run_queue.spawn(Box::pin(pump_request_body(
-            incoming,
-            pipe.clone(),
-            expects_continue,
-            protocol,
-            deadline,
-            self.watch.clone(),
-        )));
+        self.spawn_pump(incoming, pipe.clone(), expects_continue);
         log.request_body = Some(pipe.clone());
         let awaiting_continue =
             (expects_continue && protocol == Protocol::Http1).then(|| pipe.clone());
+        let draining = (protocol == Protocol::Http2).then(|| pipe.clone());
         let request = http::Request::from_parts(parts, Body::incoming(pipe, length));
         let mut future = self.waiting(self.submit(request, log, running, false));
         future.awaiting_continue = awaiting_continue;
+        future.draining = draining;
         future
     }
 }
@@ -334,6 +367,22 @@ impl HandlerJob {
                 return;
             }
         };
+        let too_large = log
+            .request_body
+            .as_ref()
+            .is_some_and(|pipe| pipe.is_too_large());
+        if too_large && response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+            // The body grew past the limit and no head has gone out: whatever the handler
+            // made of its failed read, the client learns why.
+            tracing::info!(
+                status = response.status().as_u16(),
+                "the request body was too large; answering 413 instead"
+            );
+            // The pump drains the rest (bounded) and closes an HTTP/1 connection itself if
+            // the drain is cut short.
+            sender.send(Outcome::Response(too_large_response(false, log)));
+            return;
+        }
         let (parts, body) = response.into_parts();
         log.status = parts.status;
         let body = match body.into_stream_source() {
@@ -382,19 +431,36 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
     }
 }
 
+/// Most bytes of a request body read and discarded after its handler let it go unread
+/// (or after it grew past the body limit), so that the client, still uploading, gets the
+/// response rather than a reset or a closed connection in the middle of its upload (nginx
+/// and Go read and discard too, within bounds). Past it the rest is refused: HTTP/1
+/// closes the connection after the response, HTTP/2 resets the stream.
+const DRAIN_MAX_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Longest pause of the client while a body is being drained before the drain stops.
+const DRAIN_MAX_PAUSE: Duration = Duration::from_secs(3);
+
+/// Slowest average rate of a drain, after [`DRAIN_MAX_PAUSE`] of waiting: a drain waits
+/// for the client at most `DRAIN_MAX_BYTES / DRAIN_MIN_RATE` (32 s) in all.
+const DRAIN_MIN_RATE: u64 = 256 * 1024;
+
 /// Reactor task: moves a request body from hyper into the pipe the handler reads, as
 /// fast as the handler reads it, under the body deadline (a stall or a rate below the
-/// minimum fails the body with `TimedOut` and closes the connection).
+/// minimum fails the body with `TimedOut` and closes the connection) and the body limit
+/// (past `limit` bytes the body fails with `BodyTooLarge`, which answers `413`).
 ///
-/// When the handler drops a body it has not read to the end:
-/// - HTTP/1: the rest is read and discarded here (no worker involved), as nginx and
-///   Kestrel do, so the connection stays usable and the client is not reset in the middle
-///   of its upload;
-/// - HTTP/2: the body is held until the response is complete and then dropped, which makes
-///   h2 send `RST_STREAM(NO_ERROR)`: "stop sending, the answer is complete" (RFC 9113 §8.1).
+/// When the handler drops a body it has not read to the end, or the body grew past the
+/// limit, the rest is read and discarded here (no worker involved), at most
+/// [`DRAIN_MAX_BYTES`] and while the client does not pause longer than
+/// [`DRAIN_MAX_PAUSE`]: an HTTP/1 connection stays usable and an HTTP/2 client is not
+/// reset in the middle of its upload. A drain cut short holds the body until the response
+/// is complete and then drops it: HTTP/1 closes the connection, h2 sends
+/// `RST_STREAM(NO_ERROR)`: "stop sending, the answer is complete" (RFC 9113 §8.1).
 ///
 /// A request that asked for `100 Continue` is not read at all until the handler reads, so a
-/// handler that ignores its body answers without inviting it.
+/// handler that ignores its body answers without inviting it (HTTP/1).
+#[allow(clippy::too_many_arguments)]
 async fn pump_request_body(
     mut incoming: Incoming,
     pipe: Arc<Pipe>,
@@ -402,22 +468,43 @@ async fn pump_request_body(
     protocol: Protocol,
     mut deadline: BodyDeadline,
     watch: Arc<ConnectionWatch>,
+    limit: u64,
+    timers: Arc<TimerQueue>,
 ) {
-    let mut discarding = false;
+    /// Discarding: bytes still allowed, and the pause deadline.
+    struct Drain {
+        left: u64,
+        deadline: BodyDeadline,
+    }
+    let start_drain = || Drain {
+        left: DRAIN_MAX_BYTES,
+        deadline: BodyDeadline::new(
+            BodyRate {
+                timeout: DRAIN_MAX_PAUSE,
+                min_rate: DRAIN_MIN_RATE,
+                grace: DRAIN_MAX_PAUSE,
+            },
+            &timers,
+        ),
+    };
+    let mut drain: Option<Drain> = None;
     let mut reading = false;
+    let mut received = 0u64;
+    // Ok(true): the body ended; Ok(false): the drain stopped before its end.
     let result = poll_fn(|cx| loop {
-        if !discarding {
+        if drain.is_none() {
             match pipe.poll_room(cx, expects_continue) {
                 Poll::Pending => {
                     deadline.pause();
                     return Poll::Pending;
                 }
                 Poll::Ready(Room::Available) => {}
-                Poll::Ready(Room::ConsumerGone { demanded }) => match protocol {
-                    Protocol::Http2 => return pipe.poll_response_done(cx).map(Ok),
-                    Protocol::Http1 if expects_continue && !demanded => return Poll::Ready(Ok(())),
-                    Protocol::Http1 => discarding = true,
-                },
+                Poll::Ready(Room::ConsumerGone { demanded }) => {
+                    if protocol == Protocol::Http1 && expects_continue && !demanded {
+                        return Poll::Ready(Ok(true));
+                    }
+                    drain = Some(start_drain());
+                }
             }
         }
         if !reading {
@@ -427,18 +514,41 @@ async fn pump_request_body(
         }
         match Pin::new(&mut incoming).poll_frame(cx) {
             Poll::Pending => {
+                if let Some(drain) = &mut drain {
+                    if drain.deadline.poll_expired(cx).is_ready() {
+                        return Poll::Ready(Ok(false));
+                    }
+                }
                 if deadline.poll_expired(cx).is_ready() {
+                    if drain.is_some() && protocol == Protocol::Http2 {
+                        // One stream's drain is not worth the connection.
+                        return Poll::Ready(Ok(false));
+                    }
                     watch.abort(AbortReason::BodyTooSlow);
                     return Poll::Ready(Err(body_too_slow()));
                 }
                 return Poll::Pending;
             }
-            Poll::Ready(None) => return Poll::Ready(Ok(())),
+            Poll::Ready(None) => return Poll::Ready(Ok(true)),
             Poll::Ready(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
+                    let len = data.len() as u64;
                     deadline.received(data.len());
-                    if !discarding {
-                        pipe.push(data);
+                    received = received.saturating_add(len);
+                    match &mut drain {
+                        Some(drain) => {
+                            drain.deadline.received(data.len());
+                            if len > drain.left {
+                                return Poll::Ready(Ok(false));
+                            }
+                            drain.left -= len;
+                        }
+                        None if received > limit => {
+                            tracing::info!(limit, "request body too large");
+                            pipe.finish_too_large(limit);
+                            drain = Some(start_drain());
+                        }
+                        None => pipe.push(data),
                     }
                 }
             }
@@ -446,10 +556,25 @@ async fn pump_request_body(
         }
     })
     .await;
-    if let Err(error) = &result {
-        tracing::info!(%error, "request body failed");
+    match result {
+        Ok(true) => {
+            pipe.finish(Ok(()));
+            pipe.producer_done();
+        }
+        Ok(false) => {
+            tracing::debug!("stopped discarding an unread request body");
+            pipe.finish(Err(io::Error::other("the request body was not read")));
+            pipe.producer_done();
+            // Dropping the body before the response is out would reset an HTTP/2 stream
+            // before its answer.
+            poll_fn(|cx| pipe.poll_response_done(cx)).await;
+        }
+        Err(error) => {
+            tracing::info!(%error, "request body failed");
+            pipe.finish(Err(error));
+            pipe.producer_done();
+        }
     }
-    pipe.finish(result);
 }
 
 fn body_too_slow() -> io::Error {
@@ -612,6 +737,9 @@ enum State {
     /// but kept it (inside the response, say). hyper sends `100 Continue` only until a
     /// response head is written, so the head waits until the body has started to be read.
     Continuing(Option<Box<Outcome>>, Arc<Pipe>),
+    /// HTTP/2: the handler let its request body go unread and the pump is draining it;
+    /// the response waits for the end of the drain (see `ResponseFuture::draining`).
+    Draining(Option<Box<Outcome>>, Arc<Pipe>),
     Done,
 }
 
@@ -625,6 +753,10 @@ pub(crate) struct ResponseFuture {
     reset_allowance: usize,
     /// HTTP/1 with `Expect: 100-continue`: the body, not yet asked for by the handler.
     awaiting_continue: Option<Arc<Pipe>>,
+    /// HTTP/2: the request body's pipe. If the handler let the body go unread, the
+    /// response head waits until the pump has drained it (bounded), so that a client still
+    /// uploading (curl 7.88) is not answered, then reset, in the middle of its upload.
+    draining: Option<Arc<Pipe>>,
 }
 
 impl Drop for ResponseFuture {
@@ -653,6 +785,7 @@ impl Dispatch {
             // the stream limit keeps that well clear of the flood rule.
             reset_allowance: 2 * self.ctx.limits.max_concurrent_streams as usize,
             awaiting_continue: None,
+            draining: None,
         }
     }
 }
@@ -674,25 +807,21 @@ impl ResponseFuture {
         }
     }
 
-    fn answer(&self, outcome: Outcome) -> Result<http::Response<ResponseBody>, HandlerPanicked> {
+    fn answer(&self, outcome: Outcome) -> Result<http::Response<ResponseBody>, Never> {
         match outcome {
             Outcome::Response(mut response) => {
                 response.body_mut().start_pace();
                 Ok(response)
             }
             Outcome::Panicked(mut log) => {
+                // HTTP/2 too: the head cannot have gone out, so the client gets an answer
+                // rather than a reset stream it cannot tell from a network failure.
                 log.status = StatusCode::INTERNAL_SERVER_ERROR;
-                match self.protocol {
-                    Protocol::Http1 => Ok(plain_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "500 Internal Server Error\n",
-                        log,
-                    )),
-                    Protocol::Http2 => {
-                        log.finish("stream reset");
-                        Err(HandlerPanicked)
-                    }
-                }
+                Ok(plain_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "500 Internal Server Error\n",
+                    log,
+                ))
             }
             Outcome::Refused(log) => {
                 let mut log = log.unwrap_or_else(AccessLog::unknown);
@@ -729,7 +858,7 @@ impl ResponseFuture {
 }
 
 impl Future for ResponseFuture {
-    type Output = Result<http::Response<ResponseBody>, HandlerPanicked>;
+    type Output = Result<http::Response<ResponseBody>, Never>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -773,6 +902,12 @@ impl Future for ResponseFuture {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(outcome) => outcome,
                     };
+                    if let Some(pipe) = this.draining.take() {
+                        if pipe.is_draining() {
+                            this.state = State::Draining(Some(Box::new(outcome)), pipe);
+                            continue;
+                        }
+                    }
                     if let Some(pipe) = this.awaiting_continue.take() {
                         if pipe.demand_if_wanted() {
                             this.state = State::Continuing(Some(Box::new(outcome)), pipe);
@@ -782,6 +917,18 @@ impl Future for ResponseFuture {
                     this.state = State::Done;
                     this.watch.request_answered();
                     return Poll::Ready(this.answer(outcome));
+                }
+                State::Draining(outcome, pipe) => {
+                    if pipe.poll_ended(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let outcome = outcome.take();
+                    this.state = State::Done;
+                    let Some(outcome) = outcome else {
+                        return Poll::Pending;
+                    };
+                    this.watch.request_answered();
+                    return Poll::Ready(this.answer(*outcome));
                 }
                 State::Continuing(outcome, pipe) => {
                     if pipe.poll_reading(cx).is_pending() {
@@ -799,6 +946,24 @@ impl Future for ResponseFuture {
             }
         }
     }
+}
+
+/// `413 Content Too Large`; with `close`, an HTTP/1 connection closes after it (the rest
+/// of the body is not read).
+fn too_large_response(close: bool, log: AccessLog) -> http::Response<ResponseBody> {
+    let mut log = log;
+    log.status = StatusCode::PAYLOAD_TOO_LARGE;
+    let mut response = plain_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "413 Content Too Large: the request body is larger than this server accepts\n",
+        log,
+    );
+    if close {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn plain_response(
@@ -819,8 +984,9 @@ fn plain_response(
 /// One line of access log, written when the response body is done. It also holds the
 /// request's place among the connection's requests in flight.
 struct AccessLog {
-    /// The client (from the PROXY header behind a load balancer).
-    client: Option<std::net::SocketAddr>,
+    /// The client's address (from the PROXY header behind a load balancer) and the
+    /// protocol, when known.
+    client: Option<(std::net::SocketAddr, Protocol)>,
     method: Method,
     uri: Uri,
     status: StatusCode,
@@ -832,13 +998,9 @@ struct AccessLog {
 }
 
 impl AccessLog {
-    fn new(
-        parts: &http::request::Parts,
-        client: std::net::SocketAddr,
-        in_flight: InFlight,
-    ) -> AccessLog {
+    fn new(parts: &http::request::Parts, info: &ConnectionInfo, in_flight: InFlight) -> AccessLog {
         AccessLog {
-            client: Some(client),
+            client: Some((info.peer_addr(), info.protocol())),
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             status: StatusCode::OK,
@@ -866,7 +1028,8 @@ impl AccessLog {
     fn finish(&self, outcome: &str) {
         tracing::info!(
             target: "portcullis::access",
-            client = self.client.map(tracing::field::display),
+            client = self.client.map(|(addr, _)| tracing::field::display(addr)),
+            protocol = self.client.map(|(_, protocol)| tracing::field::display(protocol)),
             method = %self.method,
             path = self.uri.path(),
             status = self.status.as_u16(),

@@ -7,9 +7,11 @@
 
 use std::time::Duration;
 
+mod log_writer;
+
 use portcullis::{
-    CertReloader, ConnectionInfo, HttpsRedirect, Limits, Protocols, ProxyProtocol, Request,
-    Response, Server, ServerHandle, TlsConfig,
+    CertReloader, ConnectionInfo, HttpsRedirect, IntoResponse, Limits, Protocols, ProxyProtocol,
+    Request, Server, ServerHandle, TlsConfig,
 };
 
 /// Parsed command line.
@@ -29,6 +31,8 @@ pub struct Args {
     pub limits: Limits,
     /// The directory `file_server` serves (`--root`, default the current directory).
     pub root: String,
+    /// Whether `--max-body-bytes` was given (examples with another default check it).
+    pub max_body_bytes_set: bool,
     /// `SO_REUSEPORT` on the listener (`--reuse-port`).
     pub reuse_port: bool,
     /// A PROXY header required on every connection (`--proxy-protocol`), from these
@@ -70,6 +74,7 @@ flags:
   --min-response-rate B    slowest streamed response a client may take, bytes/s (240)
   --max-connections-per-ip N  most connections from one address (default 1000)
   --drain-timeout SECS     graceful shutdown deadline (default 30)
+  --max-body-bytes N       largest request body, else 413 (default 30000000; echo: none)
 SIGHUP re-reads the --cert/--key and --sni files; a bad file is logged and the old
 certificates stay in use. SIGINT (Ctrl-C) or SIGTERM shuts down gracefully: in-flight
 requests finish within --drain-timeout; a second signal exits at once.";
@@ -90,6 +95,7 @@ impl Args {
             protocols: Protocols::Http1AndHttp2,
             limits: Limits::default(),
             root: ".".into(),
+            max_body_bytes_set: false,
             reuse_port: false,
             proxy_protocol: false,
             proxy_from: Vec::new(),
@@ -139,6 +145,10 @@ impl Args {
                 }
                 "--header-timeout" => args.limits.request_header_timeout = seconds(&flag, &value()),
                 "--drain-timeout" => args.limits.drain_timeout = seconds(&flag, &value()),
+                "--max-body-bytes" => {
+                    args.limits.max_request_body_bytes = number(&flag, &value()) as u64;
+                    args.max_body_bytes_set = true;
+                }
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -166,9 +176,10 @@ impl Args {
     /// `--redirect-from`, also the plain-HTTP redirect listener. With TLS, SIGHUP reloads
     /// the certificates. SIGINT and SIGTERM shut the servers down gracefully, and the
     /// handle's `join` then returns `Ok(())`.
-    pub fn start<F>(&self, handler: F) -> std::io::Result<ServerHandle>
+    pub fn start<F, R>(&self, handler: F) -> std::io::Result<ServerHandle>
     where
-        F: Fn(Request, ConnectionInfo) -> Response + Send + Sync + 'static,
+        F: Fn(Request, ConnectionInfo) -> R + Send + Sync + 'static,
+        R: IntoResponse,
     {
         let inherited = portcullis::listen_fds()?;
         let server = if inherited.is_empty() {
@@ -229,18 +240,7 @@ impl Args {
 /// taken with `sigwait` by one thread, so no async-signal-safe handler is needed. Call it
 /// before starting other threads.
 fn reload_on_sighup(reloader: CertReloader) -> std::io::Result<()> {
-    // SAFETY: `sigset_t` is plain data; `sigemptyset` initialises it before any other use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, exclusively borrowed signal set; SIGHUP is a valid signal.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-    }
-    // SAFETY: `set` is initialised; the old mask is not wanted (null is allowed).
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(rc));
-    }
+    let set = block_sighup();
     std::thread::Builder::new()
         .name("sighup-reload".into())
         .spawn(move || loop {
@@ -260,14 +260,43 @@ fn reload_on_sighup(reloader: CertReloader) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Logs to stderr; `RUST_LOG` picks the level (default `info`).
-pub fn init_logging() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`: one access line per request).
+///
+/// Lines are formatted on the thread that logs and handed to a writer thread through a
+/// buffer (`log_writer`), so a request never waits for stderr (a pipe to journald, a
+/// file) and a busy server writes thousands of lines per system call; nothing is dropped.
+/// Colours only when stderr is a terminal, so a log file holds plain text.
+///
+/// Keep the returned guard until `main` returns: dropping it writes what is waiting.
+/// SIGHUP is blocked first, so that the writer thread (and every thread after it) never
+/// takes the signal that `reload_on_sighup` waits for.
+pub fn init_logging() -> log_writer::FlushGuard {
+    use std::io::IsTerminal;
+
+    block_sighup();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = log_writer::buffered_stderr();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(move || writer.clone())
         .init();
+    guard
+}
+
+/// Blocks SIGHUP in this thread and the threads it starts from now on.
+fn block_sighup() -> libc::sigset_t {
+    // SAFETY: `sigset_t` is plain data; `sigemptyset` initialises it before any other use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, exclusively borrowed signal set; SIGHUP is a valid signal.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+    }
+    // SAFETY: `set` is initialised; the old mask is not wanted (null is allowed).
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    set
 }
 
 /// `NAME=CERT,KEY`.
