@@ -11,7 +11,10 @@
 #   SECONDS       length of each load in seconds (default 10; LOAD_SECONDS is the same)
 #   QUICK=1       ROUNDS=1 and 3 s loads
 #   SCENARIOS     space-separated subset of: h1 h2 newconn idle sleep upload_h1 upload_h2
-#                 download_h1 download_h2 logging (default: all)
+#                 download_h1 download_h2 logging h1_all h2_all newconn_all sleep_all
+#                 (default: all). The *_all ones run servers and load generator
+#                 unpinned, free to use every CPU (portcullis with one reactor per CPU,
+#                 the peer with one tokio worker per CPU); the others pin them.
 #
 # `logging` is not against the peer: it runs the `hello` example (release) twice, with
 # its default logging (RUST_LOG unset: info, one access line per request, to a file) in
@@ -32,7 +35,8 @@
 # newconn scenario also runs a third server, portcullis built on *ring*
 # (`--features ring`), and its table shows that build's figures on extra rows.
 #
-# Each run starts one server pinned to SERVER_CPU, waits for its `listening on` line,
+# Each run starts one server pinned to SERVER_CPU (unpinned for *_all), waits for its
+# `listening on` line,
 # runs one scenario from LOAD_CPU, and kills it, so servers never overlap. Servers run
 # alternately: portcullis, peer, portcullis, peer, ...
 
@@ -59,7 +63,11 @@ NOISE_LIMIT=${NOISE_LIMIT:-10}
 NOISE_RETRIES=${NOISE_RETRIES:-2}
 NICE=${NICE:-}
 noisy_kept=0
-ALL_SCENARIOS="h1 h2 newconn idle sleep upload_h1 upload_h2 download_h1 download_h2 logging"
+ALL_SCENARIOS="h1 h2 newconn idle sleep upload_h1 upload_h2 download_h1 download_h2 logging h1_all h2_all newconn_all sleep_all"
+# Set per run: 1 while an unpinned (*_all) scenario runs; then the load generators run
+# one thread per CPU.
+UNPINNED=0
+LOAD_THREADS=1
 SCENARIOS=${SCENARIOS:-$ALL_SCENARIOS}
 SERVERS="portcullis peer"
 BULK_BYTES=8388608 # 8 MiB
@@ -127,27 +135,38 @@ SERVER_PID=
 URL=
 PORT=
 
+# pin CMD...: runs CMD on SERVER_CPU, or on every CPU in an unpinned scenario. Called in
+# the background (`pin_server ... &`): `exec` makes the background job the server itself
+# (nice, taskset and env exec it in turn), so that $! is the server's pid.
+pin_server() {
+    if ((UNPINNED)); then
+        exec ${NICE:+nice -n "$NICE"} "$@"
+    else
+        exec ${NICE:+nice -n "$NICE"} taskset -c "$SERVER_CPU" "$@"
+    fi
+}
+
 start_server() { # name logfile scenario
     local name=$1 logfile=$2 scenario=${3:-}
     case $scenario/$name in
     logging/portcullis) # the hello example with its default logging (info), to the log file
-        env -u RUST_LOG ${NICE:+nice -n "$NICE"} taskset -c "$SERVER_CPU" "$HELLO" --addr 127.0.0.1:0 \
+        pin_server env -u RUST_LOG "$HELLO" --addr 127.0.0.1:0 \
             >"$logfile" 2>&1 &
         ;;
     logging/peer) # the same binary with logging off
-        env RUST_LOG=off ${NICE:+nice -n "$NICE"} taskset -c "$SERVER_CPU" "$HELLO" --addr 127.0.0.1:0 \
+        pin_server env RUST_LOG=off "$HELLO" --addr 127.0.0.1:0 \
             >"$logfile" 2>&1 &
         ;;
     */portcullis)
-        ${NICE:+nice -n "$NICE"} taskset -c "$SERVER_CPU" "$BIN/portcullis_server" --addr 127.0.0.1:0 --max-workers 512 \
+        pin_server "$BIN/portcullis_server" --addr 127.0.0.1:0 --max-workers 512 \
             >"$logfile" 2>&1 &
         ;;
     */portcullis_ring)
-        ${NICE:+nice -n "$NICE"} taskset -c "$SERVER_CPU" "$BIN_RING/portcullis_server" --addr 127.0.0.1:0 --max-workers 512 \
+        pin_server "$BIN_RING/portcullis_server" --addr 127.0.0.1:0 --max-workers 512 \
             >"$logfile" 2>&1 &
         ;;
     */peer)
-        ${NICE:+nice -n "$NICE"} taskset -c "$SERVER_CPU" "$BIN/peer" --addr 127.0.0.1:0 ${PEER_THREADS:+--threads "$PEER_THREADS"} \
+        pin_server "$BIN/peer" --addr 127.0.0.1:0 ${PEER_THREADS:+--threads "$PEER_THREADS"} \
             >"$logfile" 2>&1 &
         ;;
     esac
@@ -173,21 +192,52 @@ stop_server() {
 trap 'stop_server' EXIT
 trap 'exit 130' INT TERM
 
-load() { ${NICE:+nice -n "$NICE"} taskset -c "$LOAD_CPU" "$@"; }
+load() {
+    if ((UNPINNED)); then
+        ${NICE:+nice -n "$NICE"} "$@"
+    else
+        ${NICE:+nice -n "$NICE"} taskset -c "$LOAD_CPU" "$@"
+    fi
+}
 
 # Noise check: CPU time taken by other processes on either pinned CPU, as a percentage of
 # the run. /proc/stat's per-CPU busy ticks (user nice system irq softirq steal: the
 # kernel charges the loopback traffic's softirq time to the process it interrupted as
 # well) minus, on SERVER_CPU, the server's own utime + stime and, on LOAD_CPU, the load
 # generators' (this shell's reaped children's time, less the server's).
+# Unpinned, both are the whole machine's ticks (/proc/stat's `cpu` line).
 cpu_ticks() { # busy-server-cpu total-server-cpu busy-load-cpu total-load-cpu
-    awk -v s="cpu$SERVER_CPU" -v l="cpu$LOAD_CPU" '
+    local s="cpu$SERVER_CPU" l="cpu$LOAD_CPU"
+    ((UNPINNED)) && s=cpu l=cpu
+    awk -v s="$s" -v l="$l" '
         $1 == s { sb = $2 + $3 + $4 + $7 + $8 + $9; st = sb + $5 + $6 }
         $1 == l { lb = $2 + $3 + $4 + $7 + $8 + $9; lt = lb + $5 + $6 }
         END { print sb, st, lb, lt }' /proc/stat
 }
 proc_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 children_ticks() { awk '{ print $16 + $17 }' /proc/$$/stat; }
+# thread_ticks PID: "name ticks" per thread of PID (utime + stime); a reactor's threads
+# (leader and followers, pc-reactor-N) add up under one name, others count one by one.
+thread_ticks() {
+    local stat comm
+    for stat in /proc/"$1"/task/*/stat; do
+        # comm is field 2 in parentheses and may hold spaces: split after the last ')'.
+        awk '{ i = index($0, "("); j = 0; for (k = length($0); k > 0; k--) if (substr($0, k, 1) == ")") { j = k; break }
+               name = substr($0, i + 1, j - i - 1); gsub(/ /, "_", name); n = split(substr($0, j + 2), f, " ")
+               if (name !~ /^pc-reactor-/) name = name "#" $1
+               print name, f[12] + f[13] }' "$stat" 2>/dev/null || true
+    done | awk '{ t[$1] += $2 } END { for (n in t) print n, t[n] }'
+}
+# busy_threads BEFORE AFTER SECONDS: how many portcullis reactors (pc-reactor-N) or peer
+# tokio workers (tokio-rt-worker) used at least 10 % of a CPU over the run.
+busy_threads() {
+    local hz
+    hz=$(getconf CLK_TCK)
+    awk -v min="$(awk -v s="$3" -v hz="$hz" 'BEGIN { print s * hz * 0.10 }')" '
+        FNR == NR { before[$1] = $2; next }
+        $1 ~ /^(pc-reactor-|tokio-rt-worker)/ && $2 - before[$1] >= min { n++ }
+        END { print n + 0 }' "$1" "$2"
+}
 percent() { awk -v n="$1" -v d="$2" 'BEGIN { o = (d > 0 ? n / d * 100 : 0); if (o < 0) o = 0; printf "%.0f", o }'; }
 
 # ---------------------------------------------------------------------------- parsers
@@ -215,13 +265,13 @@ wrk_errors() {
 
 scenario_h1() { # HTTP/1.1 keep-alive, 64 connections: req/s, p99 ms
     local raw=$1
-    load wrk -t1 -c64 -d"${LOAD_SECS}s" --latency "$URL/" >"$raw" 2>&1
+    load wrk -t"$LOAD_THREADS" -c64 -d"${LOAD_SECS}s" --latency "$URL/" >"$raw" 2>&1
     echo "$(wrk_rps "$raw") $(wrk_p99_ms "$raw") $(wrk_errors "$raw")"
 }
 
 scenario_h2() { # HTTP/2, 16 connections x 10 streams: req/s
     local raw=$1
-    load h2load -c16 -m10 -D "$LOAD_SECS" "$URL/" >"$raw" 2>&1 || true
+    load h2load -t"$LOAD_THREADS" -c16 -m10 -D "$LOAD_SECS" "$URL/" >"$raw" 2>&1 || true
     grep -q 'Application protocol: h2' "$raw" || die "h2load did not negotiate h2; see $raw"
     local rps failed
     rps=$(awk '/^finished in/ {v = $4; sub(/,$/, "", v); print v}' "$raw")
@@ -231,7 +281,7 @@ scenario_h2() { # HTTP/2, 16 connections x 10 streams: req/s
 
 scenario_newconn() { # a full TLS handshake per request (Connection: close): connections/s
     local raw=$1
-    load wrk -t1 -c16 -d"${LOAD_SECS}s" -H 'Connection: close' "$URL/" >"$raw" 2>&1
+    load wrk -t"$LOAD_THREADS" -c16 -d"${LOAD_SECS}s" -H 'Connection: close' "$URL/" >"$raw" 2>&1
     echo "$(wrk_rps "$raw") - $(wrk_errors "$raw")"
 }
 
@@ -247,9 +297,15 @@ scenario_idle() { # IDLE_CONNS idle keep-alive connections: server KiB per conne
 
 scenario_sleep() { # blocking handler, 10 ms sleep, 256 connections: req/s, p99 ms
     local raw=$1
-    load wrk -t1 -c256 -d"${LOAD_SECS}s" --latency "$URL/sleep" >"$raw" 2>&1
+    load wrk -t"$LOAD_THREADS" -c256 -d"${LOAD_SECS}s" --latency "$URL/sleep" >"$raw" 2>&1
     echo "$(wrk_rps "$raw") $(wrk_p99_ms "$raw") $(wrk_errors "$raw")"
 }
+
+# The same loads with servers and load generator unpinned (UNPINNED=1 in the run loop).
+scenario_h1_all() { scenario_h1 "$@"; }
+scenario_h2_all() { scenario_h2 "$@"; }
+scenario_newconn_all() { scenario_newconn "$@"; }
+scenario_sleep_all() { scenario_sleep "$@"; }
 
 # bulk VERSION up|down RAW: MB/s (10^6 bytes/s) over LOAD_SECS seconds of back-to-back
 # 8 MiB transfers on kept-alive connections (BULK_BATCH per curl run), counted as bytes
@@ -310,11 +366,22 @@ for scenario in $SCENARIOS; do
                 attempt=$((attempt + 1))
                 tag="$scenario.$server.$round"
                 ((attempt > 1)) && tag="$tag.try$attempt"
+                UNPINNED=0
+                LOAD_THREADS=1
+                if [[ $scenario == *_all ]]; then
+                    UNPINNED=1
+                    LOAD_THREADS=$ncpu
+                fi
                 start_server "$server" "$OUT/logs/$tag.server.log" "$scenario"
                 kids0=$(children_ticks)
                 read -r sbusy0 stotal0 lbusy0 ltotal0 <<<"$(cpu_ticks)"
                 srv0=$(proc_ticks "$SERVER_PID")
+                thread_ticks "$SERVER_PID" >"$OUT/logs/$tag.threads0"
+                wall0=$(date +%s%N)
                 line=$("scenario_$scenario" "$OUT/logs/$tag.load.txt")
+                wall=$(awk -v a="$wall0" -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+                thread_ticks "$SERVER_PID" >"$OUT/logs/$tag.threads1"
+                busy=$(busy_threads "$OUT/logs/$tag.threads0" "$OUT/logs/$tag.threads1" "$wall")
                 read -r sbusy1 stotal1 lbusy1 ltotal1 <<<"$(cpu_ticks)"
                 srv1=$(proc_ticks "$SERVER_PID")
                 stop_server
@@ -322,14 +389,26 @@ for scenario in $SCENARIOS; do
                 other_s=$(percent "$((sbusy1 - sbusy0 - (srv1 - srv0)))" "$((stotal1 - stotal0))")
                 other_l=$(percent "$((lbusy1 - lbusy0 - (kids1 - kids0 - srv1)))" "$((ltotal1 - ltotal0))")
                 other=$((other_s > other_l ? other_s : other_l))
-                # The server's share of its CPU, and its CPU time (µs) per unit of the
+                # Unpinned, both figures are over all CPUs and only the second excludes
+                # the load generator.
+                ((UNPINNED)) && other=$other_l
+                # The server's CPU use in % of one CPU (pinned: of its CPU; unpinned:
+                # 200 means two CPUs' worth), and its CPU time (µs) per unit of the
                 # first figure (per request, connection or MB): shows which side was
-                # the limit, and what the server paid when it was not.
-                read -r srv_pct srv_us <<<"$(awk -v s="$((srv1 - srv0))" -v t="$((stotal1 - stotal0))" -v r="${line%% *}" '
-                    BEGIN { f = (t > 0 ? s / t : 0); printf "%.0f %s\n", f * 100, (r + 0 > 0 ? sprintf("%.1f", f * 1e6 / r) : "-") }')"
-                line="$line $srv_pct $srv_us"
-                log "$(printf '%-12s round %d  %-10s %-24s other load: CPU %s %3s%%, CPU %s %3s%%' \
-                    "$scenario" "$round" "$server" "$line" "$SERVER_CPU" "$other_s" "$LOAD_CPU" "$other_l")"
+                # the limit, and what the server paid when it was not. Then how many
+                # reactor threads (portcullis) or tokio workers (peer) were busy.
+                cpus=1
+                ((UNPINNED)) && cpus=$ncpu
+                read -r srv_pct srv_us <<<"$(awk -v s="$((srv1 - srv0))" -v t="$((stotal1 - stotal0))" -v r="${line%% *}" -v c="$cpus" '
+                    BEGIN { f = (t > 0 ? s / t * c : 0); printf "%.0f %s\n", f * 100, (r + 0 > 0 ? sprintf("%.1f", f * 1e6 / r) : "-") }')"
+                line="$line $srv_pct $srv_us $busy"
+                if ((UNPINNED)); then
+                    log "$(printf '%-12s round %d  %-10s %-26s other load: all CPUs %3s%%' \
+                        "$scenario" "$round" "$server" "$line" "$other_l")"
+                else
+                    log "$(printf '%-12s round %d  %-10s %-26s other load: CPU %s %3s%%, CPU %s %3s%%' \
+                        "$scenario" "$round" "$server" "$line" "$SERVER_CPU" "$other_s" "$LOAD_CPU" "$other_l")"
+                fi
                 sleep 1
                 # Memory does not depend on CPU time; every other figure does.
                 if [[ $scenario != idle ]] && ((other > NOISE_LIMIT)); then
@@ -380,7 +459,11 @@ row() { # scenario column label unit target(>=x | <=x | -) decimals [cpu]
     if [[ -n $cpu ]]; then
         cpu_cell="$(median "$OUT/results/$scenario.$ours" 4) / $(median "$OUT/results/$scenario.peer" 4)"
     fi
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$unit" \
+    local busy_cell=""
+    if [[ $cpu == busy ]]; then
+        busy_cell=" $(median "$OUT/results/$scenario.$ours" 6) / $(median "$OUT/results/$scenario.peer" 6) |"
+    fi
+    printf "| %s | %s | %s | %s | %s | %s | %s | %s |$busy_cell\n" "$label" "$unit" \
         "$(awk -v v="$a" -v d="$dec" 'BEGIN { if (v == "-") print v; else printf "%.*f", d, v }')" \
         "$(awk -v v="$b" -v d="$dec" 'BEGIN { if (v == "-") print v; else printf "%.*f", d, v }')" \
         "$ratio" "${target/>=/≥ }" "$met" "$cpu_cell" | sed 's/<=/≤ /'
@@ -410,6 +493,19 @@ elapsed=$(($(date +%s) - started))
     row download_h1 1 "8 MiB download, HTTP/1.1" "MB/s" ">=0.95" 0 cpu
     row download_h2 1 "8 MiB download, HTTP/2" "MB/s" ">=0.95" 0 cpu
     row logging 1 "hello example: default logging (portcullis column) / RUST_LOG=off (peer column), wrk -c64" "req/s" ">=0.85" 0 cpu
+    if ls "$OUT"/results/*_all.portcullis >/dev/null 2>&1; then
+        echo
+        echo "Unpinned: servers and load generator free on all $ncpu CPUs (portcullis: one reactor per CPU; peer: one tokio worker per CPU). Server CPU in % of one CPU; busy threads: reactors (portcullis) / tokio workers (peer) that used >= 10 % of a CPU."
+        echo
+        echo "| Scenario | Unit | portcullis | peer | portcullis/peer | Target | Met | Server CPU % (portcullis / peer) | Busy threads (reactors / workers) |"
+        echo "| --- | --- | ---: | ---: | ---: | --- | --- | --- | --- |"
+        row h1_all 1 "HTTP/1.1 keep-alive hello (wrk -c64), unpinned" "req/s" ">=1.00" 0 busy
+        row h1_all 2 "HTTP/1.1 keep-alive hello, p99 latency, unpinned" "ms" "-" 2
+        row h2_all 1 "HTTP/2 hello (h2load -c16 -m10), unpinned" "req/s" ">=1.00" 0 busy
+        row newconn_all 1 "New TLS connection per request (wrk -c16), unpinned" "conn/s" ">=1.00" 0 busy
+        row sleep_all 1 "Blocking handler, 10 ms sleep (wrk -c256), unpinned" "req/s" ">=1.00" 0 busy
+        row sleep_all 2 "Blocking handler, 10 ms sleep, p99 latency, unpinned" "ms" "-" 2
+    fi
     echo
     awk '$1 != "idle" { print ($4 > $5 ? $4 : $5) }' "$OUT/noise.txt" >"$OUT/noise-cpu.txt"
     echo "Other processes' load on the pinned CPUs during the kept runs (idle excepted; the higher of the two CPUs): median $(median "$OUT/noise-cpu.txt" 1)%, max $(awk 'n == "" || $1 > n { n = $1 } END { print n + 0 }' "$OUT/noise-cpu.txt")% (per run and CPU: $OUT/noise.txt)."

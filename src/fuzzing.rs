@@ -438,7 +438,7 @@ impl Harness {
         let run_queue = RunQueue::new(waker);
         let (clock, hands) = Clock::manual();
         let timers = TimerQueue::new(run_queue.clone(), clock);
-        let handle = ReactorHandle::new(run_queue.clone(), timers);
+        let handle = ReactorHandle::new(0, run_queue.clone(), timers);
         let limits = fuzz_limits();
         let pool = WorkerPool::new(PoolConfig {
             max_workers: limits.max_workers,

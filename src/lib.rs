@@ -16,8 +16,9 @@
 //! }
 //! ```
 //!
-//! A mio reactor thread accepts connections, runs the rustls handshakes without blocking
-//! and drives hyper's HTTP/1 and HTTP/2 state machines. A complete request's handler runs
+//! Reactors — one per core by default ([`Server::reactors`]), each a mio event loop —
+//! accept connections, run the rustls handshakes without blocking and drive hyper's
+//! HTTP/1 and HTTP/2 state machines; a connection stays on one reactor for life. A complete request's handler runs
 //! on the thread that read it, and another thread takes the reactor over if the handler
 //! blocks (leader/followers); a request with a streaming body goes to a pool of worker
 //! threads, and its body streams between the two through bounded pipes. An idle or slow

@@ -153,7 +153,10 @@ pub struct Limits {
     /// Most connections open at once. When it is reached the server stops accepting (new
     /// clients wait in the kernel's backlog) and, as nginx does, asks the connection that
     /// has been idle longest (no request in flight) to close (HTTP/2: GOAWAY; HTTP/1: closed
-    /// between requests); accepting resumes as soon as one closes.
+    /// between requests); accepting resumes as soon as one closes. The count is for the
+    /// whole server, whatever [`Server::reactors`](crate::Server::reactors) is (the idle
+    /// connection asked to close is the longest-idle one of the reactor that took the new
+    /// connection, or of another reactor when that one has none idle).
     ///
     /// Default 10 000: nginx's is `worker_connections` (512) per worker process, Go and
     /// Kestrel have no limit. An idle connection costs portcullis memory only, about the
@@ -163,7 +166,7 @@ pub struct Limits {
     /// Most connections open at once from one IP address, counted from `accept` (TLS
     /// handshakes included). Beyond it new connections from that address are closed at
     /// once, so that one client cannot take [`max_connections`](Limits::max_connections)
-    /// for itself.
+    /// for itself. Counted across all reactors.
     ///
     /// Default 1 000, a tenth of `max_connections`: no one address can fill the server,
     /// while a large NAT (an office, a carrier-grade NAT) with a few hundred active browsers

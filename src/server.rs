@@ -2,13 +2,15 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use socket2::{Domain, Socket, Type};
 
 use crate::conn::{self, ProxyProtocol, ServerContext};
-use crate::reactor::{Reactor, ReactorConfig, ReactorHandle};
+use crate::reactor::leader::BlockingRoutes;
+use crate::reactor::{Reactor, ReactorConfig, ReactorHandle, Shared};
 use crate::response::IntoResponse;
 use crate::service::{Request, Service};
 use crate::worker::{PoolConfig, PoolStats, WorkerPool};
@@ -72,6 +74,8 @@ pub struct Server {
     proxy: Option<ProxyProtocol>,
     reuse_port: bool,
     shutdown_on_signals: bool,
+    /// Reactor count asked for; `None`: one per available core.
+    reactors: Option<usize>,
 }
 
 impl Server {
@@ -160,6 +164,7 @@ impl Server {
             proxy: None,
             reuse_port: false,
             shutdown_on_signals: true,
+            reactors: None,
         }
     }
 
@@ -226,6 +231,35 @@ impl Server {
     pub fn max_workers(mut self, max_workers: usize) -> Server {
         self.limits.max_workers = max_workers.max(1);
         self
+    }
+
+    /// How many reactors serve connections: by default one per core the process may run
+    /// on (`std::thread::available_parallelism`, which follows `taskset` and cgroup CPU
+    /// limits); 0 also means that. A reactor is the unit of protocol work — TLS
+    /// handshakes and records, HTTP/1 parsing, HTTP/2 framing — and each keeps its
+    /// connections for their whole life; 1 puts all of that on one thread at a time, as
+    /// before 0.2. Every limit ([`Limits::max_connections`], the per-address cap, the
+    /// workers, the queue) counts across all reactors together.
+    ///
+    /// ```
+    /// use portcullis::{Body, Response, Server};
+    ///
+    /// let handle = Server::bind("127.0.0.1:0")?
+    ///     .reactors(2)
+    ///     .spawn(|_req, info| Response::new(Body::from(format!("reactor {}", info.reactor()))))?;
+    /// assert_eq!(handle.reactors(), 2);
+    /// handle.shutdown()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn reactors(mut self, count: usize) -> Server {
+        self.reactors = (count > 0).then_some(count);
+        self
+    }
+
+    fn reactor_count(&self) -> usize {
+        self.reactors.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
     }
 
     /// The bound addresses (with the real port when port 0 was asked for).
@@ -305,63 +339,109 @@ impl Server {
             ));
         }
         let local_addrs = self.local_addrs();
+        let count = self.reactor_count();
         let limits = self.limits;
         raise_open_file_limit();
-        let reactor = Reactor::new(
-            self.listeners,
-            ReactorConfig {
-                max_connections: limits.max_connections.max(1),
-                // Behind a load balancer speaking the PROXY protocol every TCP peer is the
-                // balancer: counting per address would cap the whole server.
-                max_connections_per_ip: if self.proxy.is_some() {
-                    usize::MAX
-                } else {
-                    limits.max_connections_per_ip.max(1)
+        // Behind a load balancer speaking the PROXY protocol every TCP peer is the
+        // balancer: counting per address would cap the whole server.
+        let per_ip = if self.proxy.is_some() {
+            usize::MAX
+        } else {
+            limits.max_connections_per_ip
+        };
+        let shared = Shared::new(limits.max_connections, per_ip);
+        // Every reactor accepts on its own duplicate of every listener (the same socket).
+        let mut listener_sets = Vec::with_capacity(count);
+        for _ in 1..count {
+            let set = self
+                .listeners
+                .iter()
+                .map(TcpListener::try_clone)
+                .collect::<io::Result<Vec<_>>>()?;
+            listener_sets.push(set);
+        }
+        listener_sets.push(self.listeners);
+        let mut reactors = Vec::with_capacity(count);
+        for (index, listeners) in listener_sets.into_iter().enumerate() {
+            reactors.push(Reactor::new(
+                listeners,
+                shared.clone(),
+                ReactorConfig {
+                    index,
+                    shared_listeners: count > 1,
+                    drain_timeout: limits.drain_timeout,
                 },
-                drain_timeout: limits.drain_timeout,
-            },
-        )?;
+            )?);
+        }
+        let handles: Vec<Arc<ReactorHandle>> =
+            reactors.iter().map(|r| r.handle().clone()).collect();
+        shared.set_reactors(handles.clone());
         let pool = WorkerPool::new(PoolConfig {
             max_workers: limits.max_workers.max(1),
             max_queued: limits.max_queued_requests,
             idle_timeout: limits.worker_idle_timeout,
         });
-        let reactor_handle = reactor.handle().clone();
-        let ctx = Arc::new(
-            ServerContext::new(
-                self.tls.map(|tls| tls.for_protocols(self.protocols)),
-                self.protocols,
-                limits,
-                Arc::new(service),
-                pool.clone(),
-                reactor_handle.clone(),
-            )
-            .with_proxy_protocol(self.proxy),
-        );
-        let thread_pool = pool.clone();
-        let thread = std::thread::Builder::new()
-            .name("portcullis-reactor".into())
-            .spawn(move || {
-                let result = reactor.run(
-                    Box::new(move |socket, peer, local| {
-                        conn::serve(ctx.clone(), socket, peer, local)
-                    }),
-                    thread_pool.clone(),
-                );
-                thread_pool.shutdown();
-                if let Err(error) = &result {
-                    tracing::error!(%error, "reactor failed");
+        let tls = self.tls.map(|tls| tls.for_protocols(self.protocols));
+        let service: Arc<dyn Service> = Arc::new(service);
+        let blocking_routes = Arc::new(BlockingRoutes::new());
+        let running = Arc::new(AtomicUsize::new(count));
+        let mut threads = Vec::with_capacity(count);
+        for reactor in reactors {
+            // One context per reactor: the connection glue (timers, HTTP/2 stream
+            // spawner, shutdown flag) belongs to the reactor the connection lives on;
+            // the certificates, service, limits and pool are the same for all.
+            let reactor_handle = reactor.handle().clone();
+            let ctx = Arc::new(
+                ServerContext::new(
+                    tls.clone(),
+                    self.protocols,
+                    limits.clone(),
+                    service.clone(),
+                    pool.clone(),
+                    reactor_handle.clone(),
+                )
+                .with_proxy_protocol(self.proxy.clone()),
+            );
+            let thread_pool = pool.clone();
+            let routes = blocking_routes.clone();
+            let running = running.clone();
+            let all = handles.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("pc-wait-{}", reactor_handle.index))
+                .spawn(move || {
+                    let result = reactor.run(
+                        Box::new(move |socket, peer, local| {
+                            conn::serve(ctx.clone(), socket, peer, local)
+                        }),
+                        thread_pool.clone(),
+                        routes,
+                    );
+                    if let Err(error) = &result {
+                        // Serving on fewer reactors than asked would hide the failure.
+                        tracing::error!(%error, reactor = reactor_handle.index, "reactor failed; shutting down");
+                        all.iter().for_each(|r| r.begin_shutdown());
+                    }
+                    if running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        thread_pool.shutdown();
+                    }
+                    result
+                });
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(error) => {
+                    handles.iter().for_each(|r| r.begin_shutdown());
+                    return Err(error);
                 }
-                result
-            })?;
+            }
+        }
         for addr in &local_addrs {
-            tracing::info!(%addr, "listening");
+            tracing::info!(%addr, reactors = count, "listening");
         }
         Ok(ServerHandle {
-            reactor: reactor_handle,
+            reactors: handles,
             pool,
             local_addrs,
-            thread: Some(thread),
+            threads,
         })
     }
 }
@@ -419,16 +499,22 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> 
 
 /// A running server. Dropping the handle begins a graceful shutdown without waiting.
 pub struct ServerHandle {
-    reactor: Arc<ReactorHandle>,
+    reactors: Vec<Arc<ReactorHandle>>,
     pool: WorkerPool,
     local_addrs: Vec<SocketAddr>,
-    thread: Option<JoinHandle<io::Result<()>>>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
 }
 
 impl ServerHandle {
     /// The addresses the server listens on.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// How many reactors serve connections (see [`Server::reactors`]); a request's
+    /// reactor is [`ConnectionInfo::reactor`].
+    pub fn reactors(&self) -> usize {
+        self.reactors.len()
     }
 
     /// Worker pool figures right now.
@@ -455,9 +541,9 @@ impl ServerHandle {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn shutdown_on_signals(&self) -> io::Result<()> {
-        let reactor = Arc::downgrade(&self.reactor);
+        let reactors: Vec<_> = self.reactors.iter().map(Arc::downgrade).collect();
         crate::signals::on_shutdown_signal(Box::new(move || {
-            if let Some(reactor) = reactor.upgrade() {
+            for reactor in reactors.iter().filter_map(std::sync::Weak::upgrade) {
                 reactor.begin_shutdown();
             }
         }))
@@ -466,7 +552,7 @@ impl ServerHandle {
     /// Begins the graceful shutdown described at [`shutdown`](ServerHandle::shutdown)
     /// without waiting for it; [`join`](ServerHandle::join) waits.
     pub fn begin_shutdown(&self) {
-        self.reactor.begin_shutdown();
+        self.reactors.iter().for_each(|r| r.begin_shutdown());
     }
 
     /// Stops accepting (new connections are refused), lets in-flight requests finish —
@@ -474,17 +560,24 @@ impl ServerHandle {
     /// connections close at once — and returns when every connection has ended or the
     /// drain timeout ([`Limits::drain_timeout`]) has passed.
     pub fn shutdown(self) -> io::Result<()> {
-        self.reactor.begin_shutdown();
+        self.begin_shutdown();
         self.join()
     }
 
-    /// Waits for the server to stop (after a shutdown from elsewhere, or forever).
+    /// Waits for the server to stop (after a shutdown from elsewhere, or forever): for
+    /// every reactor to drain. The first reactor's error, if any, is returned.
     pub fn join(mut self) -> io::Result<()> {
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(io::Error::other("the reactor thread panicked")),
-            None => Ok(()),
+        let mut outcome = Ok(());
+        for thread in std::mem::take(&mut self.threads) {
+            let result = match thread.join() {
+                Ok(result) => result,
+                Err(_) => Err(io::Error::other("a reactor thread panicked")),
+            };
+            if outcome.is_ok() {
+                outcome = result;
+            }
         }
+        outcome
     }
 }
 
@@ -492,6 +585,7 @@ impl std::fmt::Debug for ServerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerHandle")
             .field("local_addrs", &self.local_addrs)
+            .field("reactors", &self.reactors.len())
             .field("workers", &self.pool.stats())
             .finish_non_exhaustive()
     }
@@ -499,8 +593,8 @@ impl std::fmt::Debug for ServerHandle {
 
 impl Drop for ServerHandle {
     fn drop(&mut self) {
-        if self.thread.is_some() {
-            self.reactor.begin_shutdown();
+        if !self.threads.is_empty() {
+            self.begin_shutdown();
         }
     }
 }

@@ -124,6 +124,16 @@ impl Dispatch {
         }
     }
 
+    fn response_rate(&self) -> ResponseRate {
+        let limits = &self.ctx.limits;
+        ResponseRate {
+            clock: self.ctx.reactor.timers.clock().clone(),
+            min_rate: limits.min_response_body_rate,
+            grace: limits.min_rate_grace,
+            send_timeout: limits.send_timeout,
+        }
+    }
+
     /// Starts the reactor task that moves `incoming` into `pipe` (see [`pump_request_body`]).
     fn spawn_pump(&self, incoming: Incoming, pipe: Arc<Pipe>, expects_continue: bool) {
         let deadline = BodyDeadline::new(self.body_rate(), &self.ctx.reactor.timers);
@@ -137,16 +147,6 @@ impl Dispatch {
             self.ctx.limits.max_request_body_bytes,
             self.ctx.reactor.timers.clone(),
         )));
-    }
-
-    fn response_rate(&self) -> ResponseRate {
-        let limits = &self.ctx.limits;
-        ResponseRate {
-            clock: self.ctx.reactor.timers.clock().clone(),
-            min_rate: limits.min_response_body_rate,
-            grace: limits.min_rate_grace,
-            send_timeout: limits.send_timeout,
-        }
     }
 
     /// Hands a request with its body to the worker pool, or, when the body is complete

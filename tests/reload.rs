@@ -200,3 +200,48 @@ fn hello_example_reloads_on_sighup() {
     assert!(line.contains(files.key.as_str()), "{line}");
     assert_eq!(block_on(cert_of_new_connection(addr)), "ec-sec1.crt");
 }
+
+/// With 2 reactors, a reload reaches both: new connections on each get the new
+/// certificate (the reactors share one certificate resolver).
+#[test]
+fn reload_reaches_every_reactor() {
+    let files = CertFiles::new("localhost");
+    let tls = TlsConfig::from_pem_files(&files.cert.path, &files.key.path).expect("load");
+    let reloader = tls.reloader().expect("reloader");
+    let handle = Server::bind("127.0.0.1:0")
+        .expect("bind")
+        .tls(tls)
+        .reactors(2)
+        .spawn(|_req, info: portcullis::ConnectionInfo| {
+            portcullis::Response::new(portcullis::Body::from(info.reactor().to_string()))
+        })
+        .expect("spawn");
+    let addr = addr(&handle);
+    block_on(async move {
+        files.replace_with("ec-sec1");
+        reloader.reload().expect("reload the renewed files");
+        // Kept open so that new connections spread over both reactors.
+        let mut seen = std::collections::BTreeMap::new();
+        let mut kept = Vec::new();
+        for _ in 0..24 {
+            let stream = handshake(addr, Some("localhost"), client_config(ALPN_H1))
+                .await
+                .expect("handshake");
+            let cert = which(&served_leaf(&stream));
+            let mut client = Client::h1(stream, "localhost", true).await.expect("h1");
+            let reactor = client.get("/").await.expect("GET").text();
+            assert_eq!(
+                cert, "ec-sec1.crt",
+                "reactor {reactor} served the old certificate"
+            );
+            *seen.entry(reactor).or_insert(0) += 1;
+            kept.push(client);
+        }
+        assert_eq!(
+            seen.len(),
+            2,
+            "new connections did not reach both reactors: {seen:?}"
+        );
+    });
+    stop(handle);
+}

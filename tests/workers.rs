@@ -404,3 +404,50 @@ fn connection_limit_pauses_accepting_until_one_closes() {
     });
     stop(handle);
 }
+
+/// At `max_connections` an idle connection makes room (as nginx), but only for a
+/// connection that waits: reaching the limit alone closes nothing. (Pausing while no
+/// connection can make room is `tests/limits.rs`
+/// `connection_limit_is_enforced_and_recovers_repeatedly`.)
+#[test]
+fn connection_limit_closes_an_idle_connection_only_for_one_that_waits() {
+    let mut limits = Limits::default();
+    limits.max_connections = 2;
+    let handle = tls_server()
+        .limits(limits)
+        .spawn(worker_handler)
+        .expect("spawn");
+    let addr = addr(&handle);
+    block_on(async move {
+        let mut first = Client::connect_tls(addr, Version::HTTP_11).await;
+        let mut second = Client::connect_tls(addr, Version::HTTP_11).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The limit is reached, nobody waits: both are still served.
+        assert_eq!(first.get("/1").await.expect("GET 1").status, StatusCode::OK);
+        assert_eq!(
+            second.get("/2").await.expect("GET 2").status,
+            StatusCode::OK
+        );
+
+        // A third connection makes one of the two idle ones close, and is served.
+        let mut third = within(
+            Duration::from_secs(3),
+            "the third connection",
+            Client::connect_tls(addr, Version::HTTP_11),
+        )
+        .await;
+        let reply = third.get("/3").await.expect("GET 3");
+        assert_eq!(reply.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let served = [
+            first.get("/1b").await.is_ok(),
+            second.get("/2b").await.is_ok(),
+        ];
+        assert_eq!(
+            served.iter().filter(|ok| **ok).count(),
+            1,
+            "exactly one idle connection should have made room: {served:?}"
+        );
+    });
+    stop(handle);
+}

@@ -1,5 +1,5 @@
 //! Flags shared by the examples: `--addr`, `--cert`, `--key`, `--plain`, `--sni`,
-//! client certificates, `--redirect-from`, `--max-workers N`, `--http1-only`,
+//! client certificates, `--redirect-from`, `--reactors N`, `--max-workers N`, `--http1-only`,
 //! `--http2-only`, `--reuse-port`, `--proxy-protocol`, `--proxy-from CIDR`, and the common
 //! limits (`--help`). With TLS, `SIGHUP` reloads the certificate and key files. Started by
 //! systemd with socket activation (`LISTEN_FDS`), the examples serve on the sockets passed
@@ -39,6 +39,8 @@ pub struct Args {
     /// networks (`--proxy-from`, repeatable; loopback when none is given).
     pub proxy_protocol: bool,
     pub proxy_from: Vec<String>,
+    /// Reactors (`--reactors`; 0: one per CPU).
+    pub reactors: usize,
 }
 
 const USAGE: &str = "\
@@ -59,6 +61,7 @@ flags:
   --proxy-protocol         require a PROXY header (v1 or v2) from a load balancer on every connection
   --proxy-from CIDR        a network the balancer connects from (repeatable; implies
                            --proxy-protocol; default 127.0.0.0/8 and ::1)
+  --reactors N             event-loop threads for TLS and HTTP (default 0: one per CPU)
   --max-workers N          worker threads at most (default 512)
   --max-connections N      open connections at most (default 10000)
   --max-queued N           requests waiting for a worker before 503 (default 1024)
@@ -96,6 +99,7 @@ impl Args {
             reuse_port: false,
             proxy_protocol: false,
             proxy_from: Vec::new(),
+            reactors: 0,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -123,6 +127,7 @@ impl Args {
                     args.proxy_from.push(value());
                 }
                 "--max-workers" => args.limits.max_workers = number(&flag, &value()),
+                "--reactors" => args.reactors = number(&flag, &value()),
                 "--max-connections" => args.limits.max_connections = number(&flag, &value()),
                 "--max-queued" => args.limits.max_queued_requests = number(&flag, &value()),
                 "--handshake-timeout" => args.limits.handshake_timeout = seconds(&flag, &value()),
@@ -184,7 +189,10 @@ impl Args {
         } else {
             Server::from_listeners(inherited)
         };
-        let mut server = server.protocols(self.protocols).limits(self.limits.clone());
+        let mut server = server
+            .protocols(self.protocols)
+            .limits(self.limits.clone())
+            .reactors(self.reactors);
         if self.proxy_protocol {
             let networks: &[String] = if self.proxy_from.is_empty() {
                 &["127.0.0.0/8".into(), "::1".into()]

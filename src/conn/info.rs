@@ -47,6 +47,7 @@ struct Inner {
     server_name: Option<Box<str>>,
     alpn: Option<Box<[u8]>>,
     peer_certificates: Option<Box<[CertificateDer<'static>]>>,
+    reactor: usize,
 }
 
 /// Facts about the connection a request arrived on, handed to every handler call.
@@ -76,6 +77,7 @@ impl ConnectionInfo {
         local_addr: SocketAddr,
         protocol: Protocol,
         tls: Option<&rustls::ServerConnection>,
+        reactor: usize,
     ) -> ConnectionInfo {
         let tls_version = tls
             .and_then(|tls| tls.protocol_version())
@@ -97,6 +99,7 @@ impl ConnectionInfo {
                     .and_then(|tls| tls.peer_certificates())
                     .filter(|chain| !chain.is_empty())
                     .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect()),
+                reactor,
             }),
         }
     }
@@ -186,5 +189,21 @@ impl ConnectionInfo {
     /// ```
     pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
         self.inner.peer_certificates.as_deref()
+    }
+
+    /// Which of the server's reactors serves this connection, from 0 to
+    /// [`ServerHandle::reactors`](crate::ServerHandle::reactors) − 1 (see
+    /// [`Server::reactors`](crate::Server::reactors)). A connection stays on one reactor
+    /// for its whole life.
+    ///
+    /// ```no_run
+    /// use portcullis::{Body, ConnectionInfo, Request, Response};
+    ///
+    /// fn handler(_req: Request, info: ConnectionInfo) -> Response {
+    ///     Response::new(Body::from(format!("served by reactor {}\n", info.reactor())))
+    /// }
+    /// ```
+    pub fn reactor(&self) -> usize {
+        self.inner.reactor
     }
 }

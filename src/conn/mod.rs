@@ -235,7 +235,7 @@ async fn run<S: Socket>(ctx: Arc<ServerContext>, socket: S, peer: SocketAddr, lo
     };
     tracing::Span::current().record("protocol", tracing::field::display(protocol));
     transport.set_evictable(watch.clone());
-    let info = ConnectionInfo::new(addrs, local, protocol, transport.tls());
+    let info = ConnectionInfo::new(addrs, local, protocol, transport.tls(), ctx.reactor.index);
     let dispatch = Dispatch::new(ctx.clone(), info, watch.clone());
     let end = match protocol {
         Protocol::Http1 => {

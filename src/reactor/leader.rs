@@ -142,8 +142,10 @@ pub(crate) fn poll_then_run_inline<T>(pool: &WorkerPool, poll: impl FnOnce() -> 
     out
 }
 
-/// Routes (request paths, hashed into a small table) whose handler blocked lately.
-struct BlockingRoutes {
+/// Routes (request paths, hashed into a small table) whose handler blocked lately. One
+/// table serves every reactor of a server: a route that blocked on one goes to the pool on
+/// all of them (read per request, written only when a handler ran slow).
+pub(crate) struct BlockingRoutes {
     epoch: Instant,
     /// Per route, the instant until which it goes straight to the pool, in ms since
     /// `epoch` + 1; 0 if never.
@@ -153,7 +155,7 @@ struct BlockingRoutes {
 }
 
 impl BlockingRoutes {
-    fn new() -> BlockingRoutes {
+    pub(crate) fn new() -> BlockingRoutes {
         BlockingRoutes {
             epoch: Instant::now(),
             until: [const { AtomicU64::new(0) }; 64],
@@ -241,6 +243,8 @@ struct Leadership {
     done: AtomicBool,
     blocking_routes: Arc<BlockingRoutes>,
     pool: WorkerPool,
+    /// Which of the server's reactors this leads, for thread names.
+    index: usize,
 }
 
 /// How a thread's time as leader ended.
@@ -252,8 +256,14 @@ enum Led {
 }
 
 /// Runs the reactor on the calling thread, and on others when handlers block, until it
-/// stops; returns its result.
-pub(crate) fn run(reactor: Box<Reactor>, pool: WorkerPool) -> io::Result<()> {
+/// stops; returns its result. Its threads are named `pc-reactor-N` (leaders and
+/// followers) and `pc-monitor-N`, N the reactor's index.
+pub(crate) fn run(
+    reactor: Box<Reactor>,
+    pool: WorkerPool,
+    blocking_routes: Arc<BlockingRoutes>,
+) -> io::Result<()> {
+    let index = reactor.handle.index;
     let shared = Arc::new(Leadership {
         available: Mutex::new(None),
         put_downs: AtomicU64::new(0),
@@ -265,12 +275,13 @@ pub(crate) fn run(reactor: Box<Reactor>, pool: WorkerPool) -> io::Result<()> {
         finished: Mutex::new(None),
         finished_wake: Condvar::new(),
         done: AtomicBool::new(false),
-        blocking_routes: Arc::new(BlockingRoutes::new()),
+        blocking_routes,
         pool,
+        index,
     });
     let monitor = shared.clone();
     let monitor = std::thread::Builder::new()
-        .name("portcullis-monitor".into())
+        .name(format!("pc-monitor-{index}"))
         .spawn(move || monitor.monitor());
     if let Err(error) = &monitor {
         // Handlers still run, on the pool: without a monitor nothing could take over.
@@ -539,7 +550,7 @@ impl Leadership {
     fn spawn_follower(self: &Arc<Self>, slot: Arc<Mutex<Option<Box<Reactor>>>>) -> io::Result<()> {
         let shared = self.clone();
         std::thread::Builder::new()
-            .name("portcullis-reactor".into())
+            .name(format!("pc-reactor-{}", self.index))
             .spawn(move || {
                 let reactor = lock(&slot).take();
                 shared.follow(reactor);

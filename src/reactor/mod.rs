@@ -1,5 +1,14 @@
-//! The reactor: one thread that owns a `mio::Poll`, accepts TCP connections, drives every
-//! connection's state machine as a task, and keeps the deadlines.
+//! The reactor: one thread at a time owns a `mio::Poll`, accepts TCP connections, drives
+//! every connection's state machine as a task, and keeps the deadlines.
+//!
+//! A server runs one reactor per core ([`Server::reactors`](crate::Server::reactors)).
+//! Each owns its poll, tasks, timers and leader/followers; a connection stays on the
+//! reactor that accepted it for its whole life. The reactors share only what makes the
+//! limits global ([`Shared`]: the open-connection count and the per-address counts) and
+//! the listening sockets: each reactor registers its own duplicate of every listener,
+//! with `EPOLLEXCLUSIVE` when there are several reactors, so a new connection wakes one
+//! idle reactor instead of all of them (see `docs/architecture.md` for why not
+//! `SO_REUSEPORT` or a hand-off thread).
 //!
 //! A byte's path starts here: a listener becomes readable, [`Reactor::accept_ready`] takes
 //! the socket, registers it under the token of the task that will own it, and polls that
@@ -14,7 +23,7 @@ pub(crate) mod timer;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -193,18 +202,41 @@ impl ReadyStream {
 
 /// State the reactor shares with the outside: the shutdown flag and the run queue.
 pub(crate) struct ReactorHandle {
+    /// Which of the server's reactors this is (0 when there is one).
+    pub(crate) index: usize,
     shutdown: AtomicBool,
+    /// Set by another reactor to make this one accept now: a place under
+    /// `max_connections` freed up while this one had stopped at the limit, or the other
+    /// holds more than its share of connections and leaves the backlog to this one.
+    resume_accept: AtomicBool,
+    /// Connections open on this reactor; written only by the reactor itself (a plain
+    /// store, once per accepted or ended connection), read by the others to balance.
+    open: AtomicUsize,
     pub(crate) run_queue: Arc<RunQueue>,
     pub(crate) timers: Arc<TimerQueue>,
 }
 
 impl ReactorHandle {
-    pub(crate) fn new(run_queue: Arc<RunQueue>, timers: Arc<TimerQueue>) -> Arc<ReactorHandle> {
+    pub(crate) fn new(
+        index: usize,
+        run_queue: Arc<RunQueue>,
+        timers: Arc<TimerQueue>,
+    ) -> Arc<ReactorHandle> {
         Arc::new(ReactorHandle {
+            index,
             shutdown: AtomicBool::new(false),
+            resume_accept: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
             run_queue,
             timers,
         })
+    }
+
+    /// Asks the reactor to try accepting again (a place under `max_connections` freed up
+    /// on another reactor).
+    fn resume_accepting(&self) {
+        self.resume_accept.store(true, Ordering::Release);
+        self.run_queue.wake_now();
     }
 
     /// Asks the reactor to stop accepting and drain.
@@ -220,6 +252,66 @@ impl ReactorHandle {
     }
 }
 
+/// What all the reactors of one server share, so that the connection limits mean the same
+/// whatever the reactor count. Touched once per accepted and once per ended connection,
+/// never per request.
+pub(crate) struct Shared {
+    max_connections: usize,
+    max_connections_per_ip: usize,
+    /// Connections open (or being accepted) on every reactor together.
+    open: AtomicUsize,
+    /// Connections open per peer address (`max_connections_per_ip`).
+    per_ip: PeerCounts,
+    /// Set by a reactor that stopped accepting at `max_connections`: the next connection
+    /// to end, on any reactor, wakes every reactor to accept again.
+    waiting: AtomicBool,
+    reactors: OnceLock<Vec<Arc<ReactorHandle>>>,
+}
+
+impl Shared {
+    pub(crate) fn new(max_connections: usize, max_connections_per_ip: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            max_connections: max_connections.max(1),
+            max_connections_per_ip: max_connections_per_ip.max(1),
+            open: AtomicUsize::new(0),
+            per_ip: PeerCounts::default(),
+            waiting: AtomicBool::new(false),
+            reactors: OnceLock::new(),
+        })
+    }
+
+    /// The reactors to wake when a place frees up; set once they all exist.
+    pub(crate) fn set_reactors(&self, reactors: Vec<Arc<ReactorHandle>>) {
+        let _ = self.reactors.set(reactors);
+    }
+
+    /// Takes a place under `max_connections` for a connection about to be accepted.
+    fn reserve(&self) -> bool {
+        if self.open.fetch_add(1, Ordering::SeqCst) < self.max_connections {
+            return true;
+        }
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        false
+    }
+
+    /// Gives back `count` places; wakes the reactors that stopped accepting at the limit.
+    fn release(&self, count: usize) {
+        self.open.fetch_sub(count, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) && self.waiting.swap(false, Ordering::SeqCst) {
+            for reactor in self.reactors.get().into_iter().flatten() {
+                reactor.resume_accepting();
+            }
+        }
+    }
+
+    /// Called by a reactor that found no place: the next release wakes it. `true` if a
+    /// place freed up meanwhile (taken for the caller), so it can accept at once.
+    fn wait_for_room(&self) -> bool {
+        self.waiting.store(true, Ordering::SeqCst);
+        self.reserve()
+    }
+}
+
 struct Listener {
     socket: TcpListener,
     local_addr: SocketAddr,
@@ -227,10 +319,25 @@ struct Listener {
 
 /// Settings the reactor itself enforces.
 pub(crate) struct ReactorConfig {
-    pub(crate) max_connections: usize,
-    pub(crate) max_connections_per_ip: usize,
+    /// Which of the server's reactors this is.
+    pub(crate) index: usize,
+    /// Whether other reactors accept on the same listeners (then they are registered with
+    /// `EPOLLEXCLUSIVE`).
+    pub(crate) shared_listeners: bool,
     pub(crate) drain_timeout: Duration,
 }
+
+/// A reactor that holds this many connections more than the least-loaded one (plus an
+/// eighth of that one's count) leaves new connections to it. `EPOLLEXCLUSIVE` wakes the
+/// first reactor found asleep, which favours the same one whenever the server is idle;
+/// without this, connections opened at a quiet moment (a client's keep-alive pool) would
+/// pile up on reactor 0 and later load that one core only.
+const BALANCE_SLACK: usize = 4;
+
+/// Most connections one reactor accepts in a row before it polls its other work again,
+/// leaving the rest of a burst to the other reactors (with `EPOLLEXCLUSIVE`, an idle one
+/// is woken by each new arrival).
+const ACCEPT_BATCH: usize = 32;
 
 /// The event loop. Create with [`Reactor::new`], then [`Reactor::run`] until shutdown.
 pub(crate) struct Reactor {
@@ -240,9 +347,9 @@ pub(crate) struct Reactor {
     handle: Arc<ReactorHandle>,
     config: ReactorConfig,
     new_connection: Option<ConnectionFactory>,
+    /// Connections open on this reactor (the server-wide count is in `shared`).
     connections: usize,
-    /// Connections open per peer address (`max_connections_per_ip`).
-    per_ip: PeerCounts,
+    shared: Arc<Shared>,
     /// An idle connection was asked to close to make room; cleared when one ends.
     evicting: bool,
     /// Set when `max_connections` stopped accepting; cleared when a connection ends.
@@ -265,6 +372,7 @@ impl Reactor {
     /// Creates the poll, registers the listeners (made non-blocking).
     pub(crate) fn new(
         listeners: Vec<std::net::TcpListener>,
+        shared: Arc<Shared>,
         config: ReactorConfig,
     ) -> io::Result<Reactor> {
         let poll = Poll::new()?;
@@ -276,19 +384,23 @@ impl Reactor {
             listener.set_nonblocking(true)?;
             let local_addr = listener.local_addr()?;
             let mut socket = TcpListener::from_std(listener);
-            poll.registry()
-                .register(&mut socket, listener_token(index), Interest::READABLE)?;
+            if config.shared_listeners {
+                register_exclusive(&poll, &mut socket, listener_token(index))?;
+            } else {
+                poll.registry()
+                    .register(&mut socket, listener_token(index), Interest::READABLE)?;
+            }
             registered.push(Listener { socket, local_addr });
         }
         Ok(Reactor {
             poll,
             listeners: registered,
             tasks: Executor::new(run_queue.clone()),
-            handle: ReactorHandle::new(run_queue, timers),
+            handle: ReactorHandle::new(config.index, run_queue, timers),
             config,
             new_connection: None,
             connections: 0,
-            per_ip: PeerCounts::default(),
+            shared,
             evicting: false,
             accept_full: false,
             accept_again: false,
@@ -312,9 +424,10 @@ impl Reactor {
         mut self,
         new_connection: ConnectionFactory,
         pool: crate::worker::WorkerPool,
+        blocking_routes: Arc<leader::BlockingRoutes>,
     ) -> io::Result<()> {
         self.new_connection = Some(new_connection);
-        leader::run(Box::new(self), pool)
+        leader::run(Box::new(self), pool, blocking_routes)
     }
 
     /// One turn of the event loop: polls ready tasks, then (unless they deferred handler
@@ -367,20 +480,29 @@ impl Reactor {
         if self.handle.is_shutting_down() && self.drain_deadline.is_none() {
             self.begin_drain(now);
         }
+        let mut asked = false;
+        if self.handle.resume_accept.load(Ordering::Acquire) {
+            self.handle.resume_accept.store(false, Ordering::Release);
+            asked = true;
+        }
         if let Some(until) = self.accept_paused_until {
             if now >= until {
                 self.accept_paused_until = None;
                 accept = true;
             }
         }
-        if accept {
-            self.accept_ready();
+        if accept || asked {
+            self.accept_ready(asked);
         }
         None
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.tasks.has_ready() || self.accept_again || self.handle.run_queue.prepare_to_sleep() {
+        if self.tasks.has_ready()
+            || self.accept_again
+            || self.handle.run_queue.prepare_to_sleep()
+            || self.handle.resume_accept.load(Ordering::Acquire)
+        {
             return Some(Duration::ZERO);
         }
         let mut timeout = self.handle.timers.next_timeout(now);
@@ -408,37 +530,45 @@ impl Reactor {
         self.tasks.mark_all_ready();
     }
 
-    /// Accepts until the listeners would block, the connection limit is reached, or the
-    /// process is out of descriptors.
-    fn accept_ready(&mut self) {
+    /// Accepts until the listeners would block, the connection limit is reached, the
+    /// process is out of descriptors, or [`ACCEPT_BATCH`] connections came in a row (then
+    /// it goes on at the next turn). With several reactors, one that holds more than its
+    /// share of connections wakes the least-loaded one to accept instead — unless it was
+    /// itself `asked` to accept by another (so the backlog is never left to nobody).
+    fn accept_ready(&mut self, asked: bool) {
         if self.drain_deadline.is_some() || self.accept_paused_until.is_some() {
             return;
         }
+        let mut accepted = 0;
         for index in 0..self.listeners.len() {
             loop {
-                if self.connections >= self.config.max_connections {
-                    if !self.accept_full {
-                        tracing::warn!(
-                            limit = self.config.max_connections,
-                            "connection limit reached; accepting pauses until one closes"
-                        );
-                    }
-                    self.accept_full = true;
-                    // As nginx: the longest-idle keep-alive connection makes room, one at
-                    // a time (accepting resumes when it has closed).
-                    if !self.evicting
-                        && has_pending_connection(&self.listeners[index].socket)
-                        && self.tasks.evict_longest_idle()
-                    {
-                        self.evicting = true;
-                    }
+                if accepted == ACCEPT_BATCH {
+                    self.accept_again = true;
                     return;
                 }
+                if self.config.shared_listeners && !asked && self.leave_to_another() {
+                    return;
+                }
+                if !self.shared.reserve() && !self.wait_for_room(asked) {
+                    return;
+                }
+                // A place under `max_connections` is held from here: `start_connection`
+                // keeps it, every other way out gives it back.
                 match self.listeners[index].socket.accept() {
-                    Ok((socket, peer)) => self.start_connection(index, socket, peer),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if is_transient_accept_error(&e) => continue,
+                    Ok((socket, peer)) => {
+                        accepted += 1;
+                        self.start_connection(index, socket, peer);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.shared.release(1);
+                        break;
+                    }
+                    Err(e) if is_transient_accept_error(&e) => {
+                        self.shared.release(1);
+                        continue;
+                    }
                     Err(e) => {
+                        self.shared.release(1);
                         // EMFILE, ENFILE, ENOBUFS, ENOMEM: the listener stays readable, so
                         // retrying now would spin. Keep serving, try again a little later.
                         tracing::error!(
@@ -454,15 +584,80 @@ impl Reactor {
         }
     }
 
-    fn start_connection(&mut self, listener: usize, mut socket: TcpStream, peer: SocketAddr) {
-        let Some(place) =
-            PeerPlace::take(&self.per_ip, peer.ip(), self.config.max_connections_per_ip)
+    /// Whether this reactor holds more than its share of connections; if so, wakes the
+    /// least-loaded reactor to accept in its place.
+    fn leave_to_another(&self) -> bool {
+        let Some(reactors) = self.shared.reactors.get() else {
+            return false;
+        };
+        let Some(least) = reactors
+            .iter()
+            .min_by_key(|r| r.open.load(Ordering::Relaxed))
         else {
+            return false;
+        };
+        let fewest = least.open.load(Ordering::Relaxed);
+        if self.connections <= fewest + BALANCE_SLACK + fewest / 8 {
+            return false;
+        }
+        least.resume_accepting();
+        true
+    }
+
+    /// `max_connections` are open (on all reactors together): accepting pauses until one
+    /// ends, and meanwhile the longest-idle connection here makes room. `true` if a place
+    /// freed up after all (and is now held).
+    /// A reactor with no idle connection to close asks the others (unless it was itself
+    /// `asked` by one, so that they do not ask each other in circles).
+    fn wait_for_room(&mut self, asked: bool) -> bool {
+        if self.shared.wait_for_room() {
+            return true;
+        }
+        if !self.accept_full {
+            tracing::warn!(
+                limit = self.shared.max_connections,
+                "connection limit reached; accepting pauses until one closes"
+            );
+        }
+        self.accept_full = true;
+        // As nginx: the longest-idle keep-alive connection makes room, one at a time
+        // (accepting resumes when it has closed) — but only for a connection that waits:
+        // reaching the limit alone closes nothing.
+        if !self.evicting && self.backlog_waiting() {
+            if self.tasks.evict_longest_idle() {
+                self.evicting = true;
+            } else if !asked && self.config.shared_listeners {
+                let me = self.handle.index;
+                for other in self.shared.reactors.get().into_iter().flatten() {
+                    if other.index != me {
+                        other.resume_accepting();
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Whether a connection waits in a listener's backlog (a zero-timeout `poll(2)`; only
+    /// at the connection limit, where accepting cannot tell).
+    fn backlog_waiting(&self) -> bool {
+        self.listeners
+            .iter()
+            .any(|listener| has_pending_connection(&listener.socket))
+    }
+
+    fn start_connection(&mut self, listener: usize, mut socket: TcpStream, peer: SocketAddr) {
+        let Some(place) = PeerPlace::take(
+            &self.shared.per_ip,
+            peer.ip(),
+            self.shared.max_connections_per_ip,
+        ) else {
             tracing::info!(
                 %peer,
-                limit = self.config.max_connections_per_ip,
+                limit = self.shared.max_connections_per_ip,
                 "closing new connection: too many from this address"
             );
+            self.shared.release(1);
             return;
         };
         let listen_addr = self.listeners[listener].local_addr;
@@ -496,6 +691,7 @@ impl Reactor {
         };
         let future = new_connection(socket, peer, local_addr);
         self.connections += 1;
+        self.handle.open.store(self.connections, Ordering::Relaxed);
         if self.tasks.start_io(future, readiness) {
             self.connections_ended(1);
         }
@@ -507,13 +703,50 @@ impl Reactor {
             return;
         }
         self.connections -= ended;
+        self.handle.open.store(self.connections, Ordering::Relaxed);
+        self.shared.release(ended);
         self.evicting = false;
-        if self.accept_full && self.connections < self.config.max_connections {
+        if self.accept_full {
             self.accept_full = false;
             self.accept_again = true;
             tracing::info!("below the connection limit again; accepting resumes");
         }
     }
+}
+
+/// Registers a listener shared with other reactors: `EPOLLEXCLUSIVE` wakes one (or a few)
+/// of the reactors sleeping in `epoll_wait` for a new connection instead of all of them,
+/// and reactors that are busy find the readiness at their next poll. Edge-triggered like
+/// every mio registration. Falls back to a plain registration where the kernel refuses the
+/// flag (before Linux 4.5): every reactor is woken then, and all but one find nothing.
+#[cfg(target_os = "linux")]
+fn register_exclusive(poll: &Poll, socket: &mut TcpListener, token: Token) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET | libc::EPOLLEXCLUSIVE) as u32,
+        u64: token.0 as u64,
+    };
+    // SAFETY: both descriptors are open for the duration of the call (the poll and the
+    // socket are borrowed), and `event` is a valid epoll_event that the kernel only reads.
+    let added = unsafe {
+        libc::epoll_ctl(
+            poll.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            socket.as_raw_fd(),
+            &mut event,
+        )
+    };
+    if added == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    tracing::warn!(%error, "EPOLLEXCLUSIVE refused; every reactor wakes for each connection");
+    poll.registry().register(socket, token, Interest::READABLE)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn register_exclusive(poll: &Poll, socket: &mut TcpListener, token: Token) -> io::Result<()> {
+    poll.registry().register(socket, token, Interest::READABLE)
 }
 
 /// Errors that concern only the one connection being accepted.

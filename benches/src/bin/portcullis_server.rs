@@ -7,9 +7,10 @@
 //! - `/download?bytes=N`  → `Body::from_reader(std::io::repeat(b'x').take(N))`
 //!
 //! Flags: `--addr ADDR` (default 127.0.0.1:8443; port 0 picks one), `--max-workers N`
-//! (default 512, portcullis' default), `--cert FILE`, `--key FILE`
-//! (default ../certs/localhost.{crt,key}). Prints `listening on https://ADDR` once it
-//! accepts.
+//! (default 512, portcullis' default), `--reactors N` (default 0: one per CPU the process
+//! may run on, so 1 under `taskset -c 0`), `--cert FILE`, `--key FILE`
+//! (default ../certs/localhost.{crt,key}). Prints `listening on https://ADDR (N reactors)`
+//! once it accepts.
 
 use std::io::Read;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use portcullis::{Body, Request, Response, Server, TlsConfig};
 struct Args {
     addr: String,
     max_workers: Option<usize>,
+    reactors: usize,
     cert: String,
     key: String,
 }
@@ -29,6 +31,7 @@ fn parse_args() -> Args {
     let mut args = Args {
         addr: "127.0.0.1:8443".into(),
         max_workers: None,
+        reactors: 0,
         cert: format!("{dir}/../certs/localhost.crt"),
         key: format!("{dir}/../certs/localhost.key"),
     };
@@ -46,10 +49,16 @@ fn parse_args() -> Args {
                     || fail(&format!("--max-workers takes a positive number, not {v:?}")),
                 ))
             }
+            "--reactors" => {
+                let v = value();
+                args.reactors = v.parse::<usize>().unwrap_or_else(|_| {
+                    fail(&format!("--reactors takes a number (0: one per CPU), not {v:?}"))
+                })
+            }
             "--cert" => args.cert = value(),
             "--key" => args.key = value(),
             "-h" | "--help" => {
-                println!("flags: --addr ADDR  --max-workers N  --cert FILE  --key FILE");
+                println!("flags: --addr ADDR  --max-workers N  --reactors N  --cert FILE  --key FILE");
                 std::process::exit(0);
             }
             other => fail(&format!("unknown flag {other}")),
@@ -59,7 +68,7 @@ fn parse_args() -> Args {
 }
 
 fn fail(message: &str) -> ! {
-    eprintln!("error: {message}\nflags: --addr ADDR  --max-workers N  --cert FILE  --key FILE");
+    eprintln!("error: {message}\nflags: --addr ADDR  --max-workers N  --reactors N  --cert FILE  --key FILE");
     std::process::exit(2);
 }
 
@@ -70,9 +79,9 @@ fn main() -> std::io::Result<()> {
     if let Some(n) = args.max_workers {
         server = server.max_workers(n);
     }
-    let handle = server.spawn(handle)?;
+    let handle = server.reactors(args.reactors).spawn(handle)?;
     for addr in handle.local_addrs() {
-        println!("listening on https://{addr}");
+        println!("listening on https://{addr} ({} reactors)", handle.reactors());
     }
     handle.join()
 }
