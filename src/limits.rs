@@ -171,9 +171,10 @@ pub struct Limits {
     /// Default 1 000, a tenth of `max_connections`: no one address can fill the server,
     /// while a large NAT (an office, a carrier-grade NAT) with a few hundred active browsers
     /// at up to 6 HTTP/1.1 connections each still fits. nginx (`limit_conn`) and Kestrel
-    /// have no default; lower it if your clients are not behind NATs. Not applied on a
-    /// server that expects the PROXY protocol ([`Server::proxy_protocol`](crate::Server::proxy_protocol)):
-    /// there every TCP peer is the load balancer.
+    /// have no default; lower it if your clients are not behind NATs. On a server that
+    /// expects the PROXY protocol ([`Server::proxy_protocol`](crate::Server::proxy_protocol))
+    /// every TCP peer is the load balancer, so the address counted is the client's own,
+    /// from the header, from the moment the header is read (before the TLS handshake).
     pub max_connections_per_ip: usize,
 
     /// Most handlers running at once: on worker threads, or inline on a reactor thread (a

@@ -343,13 +343,14 @@ impl Server {
         let limits = self.limits;
         raise_open_file_limit();
         // Behind a load balancer speaking the PROXY protocol every TCP peer is the
-        // balancer: counting per address would cap the whole server.
-        let per_ip = if self.proxy.is_some() {
-            usize::MAX
-        } else {
-            limits.max_connections_per_ip
-        };
-        let shared = Shared::new(limits.max_connections, per_ip);
+        // balancer: the connections count their clients' addresses (from the header)
+        // instead of the reactors counting the peer at accept.
+        let shared = Shared::new(
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            self.proxy.is_none(),
+        );
+        let client_limit = self.proxy.as_ref().map(|_| shared.address_limit());
         // Every reactor accepts on its own duplicate of every listener (the same socket).
         let mut listener_sets = Vec::with_capacity(count);
         for _ in 1..count {
@@ -400,7 +401,7 @@ impl Server {
                     pool.clone(),
                     reactor_handle.clone(),
                 )
-                .with_proxy_protocol(self.proxy.clone()),
+                .with_proxy_protocol(self.proxy.clone(), client_limit.clone()),
             );
             let thread_pool = pool.clone();
             let routes = blocking_routes.clone();

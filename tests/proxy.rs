@@ -372,3 +372,51 @@ fn a_plain_listener_replays_what_followed_the_header() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("client=192.0.2.9:1234"), "{answer}");
 }
+
+#[test]
+fn the_per_address_limit_counts_the_client_named_by_the_header() {
+    let mut limits = Limits::default();
+    limits.max_connections_per_ip = 2;
+    let (server, calls) = server_with(trusting_localhost(), limits);
+    let header = v2(0x21, "203.0.113.9:5000", "198.51.100.1:443");
+    // Two connections of client .9 that sent their header and wait (no handshake yet):
+    // each holds a place for 203.0.113.9, not for the balancer 127.0.0.1.
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr(&server)).unwrap();
+            stream.write_all(&header).unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A third connection for the same client is refused, before TLS...
+    let (reply, _) = get_with_prefix(addr(&server), &header, "/third");
+    assert!(
+        reply.is_err(),
+        "a third connection of 203.0.113.9 was served: {reply:?}"
+    );
+    let line = wait_for_log(&["too many from this address", "203.0.113.9"]);
+    assert!(line.contains("limit=2"), "{line}");
+    // ...while another client behind the same balancer (already three connections from
+    // 127.0.0.1) is served.
+    let other = v2(0x21, "203.0.113.10:5000", "198.51.100.1:443");
+    let (reply, _) = get_with_prefix(addr(&server), &other, "/other-client");
+    let reply = reply.expect("another client behind the balancer");
+    assert!(reply.contains("client=203.0.113.10:5000"), "{reply}");
+    // The places are given back when the held connections end.
+    drop(held);
+    let start = Instant::now();
+    loop {
+        let (reply, _) = get_with_prefix(addr(&server), &header, "/after");
+        if let Ok(reply) = reply {
+            assert!(reply.contains("client=203.0.113.9:5000"), "{reply}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "client .9 still refused after its connections closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

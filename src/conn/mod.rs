@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use crate::reactor::task::{BoxFuture, RunQueue};
 use crate::reactor::timer::{with_deadline, Deadline, ReactorTimer, TimerQueue};
-use crate::reactor::ReactorHandle;
+use crate::reactor::{AddressLimit, ReactorHandle};
 use crate::server::Protocols;
 use crate::service::{Dispatch, Service};
 use crate::worker::WorkerPool;
@@ -54,6 +54,8 @@ pub(crate) struct ServerContext {
     pub(crate) reactor: Arc<ReactorHandle>,
     /// The PROXY protocol on this server's listeners, if on.
     pub(crate) proxy: Option<ProxyProtocol>,
+    /// With the PROXY protocol: `max_connections_per_ip` by the client's address.
+    client_limit: Option<AddressLimit>,
     http1: http1::Builder,
     http2: http2::Builder<Spawner>,
 }
@@ -95,14 +97,21 @@ impl ServerContext {
             pool,
             reactor,
             proxy: None,
+            client_limit: None,
             http1: h1,
             http2: h2,
         }
     }
 
-    /// Turns the PROXY protocol on for every connection.
-    pub(crate) fn with_proxy_protocol(mut self, proxy: Option<ProxyProtocol>) -> ServerContext {
+    /// Turns the PROXY protocol on for every connection; `client_limit` counts the
+    /// clients' addresses the headers name under `max_connections_per_ip`.
+    pub(crate) fn with_proxy_protocol(
+        mut self,
+        proxy: Option<ProxyProtocol>,
+        client_limit: Option<AddressLimit>,
+    ) -> ServerContext {
         self.proxy = proxy;
+        self.client_limit = client_limit;
         self
     }
 
@@ -230,6 +239,22 @@ async fn run<S: Socket>(ctx: Arc<ServerContext>, socket: S, peer: SocketAddr, lo
     if addrs.balancer.is_some() {
         tracing::Span::current().record("client", tracing::field::display(addrs.client));
     }
+    // Behind a balancer, the per-address limit counts the client the header named (or the
+    // peer itself when it sent none), held until the connection ends.
+    let _client_place = match &ctx.client_limit {
+        None => None,
+        Some(limit) => match limit.take(addrs.client.ip()) {
+            Some(place) => Some(place),
+            None => {
+                tracing::info!(
+                    client = %addrs.client,
+                    limit = limit.limit(),
+                    "closing connection: too many from this address"
+                );
+                return;
+            }
+        },
+    };
     let Some(protocol) = open(&ctx, &mut transport, deadline).await else {
         return;
     };

@@ -108,8 +108,10 @@ impl std::fmt::Debug for dyn Evictable {
 pub(crate) struct ReadyStream {
     socket: TcpStream,
     readiness: Arc<Readiness>,
-    /// Holds the peer address's place under `max_connections_per_ip`.
-    _peer: PeerPlace,
+    /// Holds the peer address's place under `max_connections_per_ip` (none when the
+    /// server expects the PROXY protocol: the connection task counts the client's address
+    /// once the header has named it, see [`AddressLimit`]).
+    _peer: Option<PeerPlace>,
 }
 
 /// Connections open per peer address, shared by a reactor and its connections' sockets.
@@ -120,9 +122,31 @@ fn lock_counts(counts: &PeerCounts) -> std::sync::MutexGuard<'_, HashMap<IpAddr,
     counts.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `max_connections_per_ip` for addresses learnt after accept: behind a load balancer
+/// that speaks the PROXY protocol every TCP peer is the balancer, so the connection task
+/// takes the place of the client's own address (from the header) instead, in the same
+/// server-wide counts.
+#[derive(Clone)]
+pub(crate) struct AddressLimit {
+    counts: PeerCounts,
+    limit: usize,
+}
+
+impl AddressLimit {
+    /// Takes a place for `ip`, or `None` when it already has the limit's connections.
+    pub(crate) fn take(&self, ip: IpAddr) -> Option<PeerPlace> {
+        PeerPlace::take(&self.counts, ip, self.limit)
+    }
+
+    /// The limit, for the event that says a connection was refused.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
 /// One connection's place among its address's connections; given back when the socket
-/// closes.
-struct PeerPlace {
+/// (or the connection task holding it) ends.
+pub(crate) struct PeerPlace {
     counts: PeerCounts,
     ip: IpAddr,
 }
@@ -258,6 +282,9 @@ impl ReactorHandle {
 pub(crate) struct Shared {
     max_connections: usize,
     max_connections_per_ip: usize,
+    /// Whether `max_connections_per_ip` is counted at accept by the TCP peer's address
+    /// (`false` behind the PROXY protocol: see [`AddressLimit`]).
+    per_ip_at_accept: bool,
     /// Connections open (or being accepted) on every reactor together.
     open: AtomicUsize,
     /// Connections open per peer address (`max_connections_per_ip`).
@@ -269,10 +296,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(max_connections: usize, max_connections_per_ip: usize) -> Arc<Shared> {
+    /// `per_ip_at_accept`: count `max_connections_per_ip` by the TCP peer at accept; when
+    /// `false` the connections count their clients' addresses themselves
+    /// ([`Shared::address_limit`]).
+    pub(crate) fn new(
+        max_connections: usize,
+        max_connections_per_ip: usize,
+        per_ip_at_accept: bool,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             max_connections: max_connections.max(1),
             max_connections_per_ip: max_connections_per_ip.max(1),
+            per_ip_at_accept,
             open: AtomicUsize::new(0),
             per_ip: PeerCounts::default(),
             waiting: AtomicBool::new(false),
@@ -283,6 +318,15 @@ impl Shared {
     /// The reactors to wake when a place frees up; set once they all exist.
     pub(crate) fn set_reactors(&self, reactors: Vec<Arc<ReactorHandle>>) {
         let _ = self.reactors.set(reactors);
+    }
+
+    /// The per-address limit in the server-wide counts, for connections that learn their
+    /// client's address after accept (PROXY protocol).
+    pub(crate) fn address_limit(&self) -> AddressLimit {
+        AddressLimit {
+            counts: self.per_ip.clone(),
+            limit: self.max_connections_per_ip,
+        }
     }
 
     /// Takes a place under `max_connections` for a connection about to be accepted.
@@ -647,18 +691,23 @@ impl Reactor {
     }
 
     fn start_connection(&mut self, listener: usize, mut socket: TcpStream, peer: SocketAddr) {
-        let Some(place) = PeerPlace::take(
-            &self.shared.per_ip,
-            peer.ip(),
-            self.shared.max_connections_per_ip,
-        ) else {
-            tracing::info!(
-                %peer,
-                limit = self.shared.max_connections_per_ip,
-                "closing new connection: too many from this address"
-            );
-            self.shared.release(1);
-            return;
+        let place = if self.shared.per_ip_at_accept {
+            let Some(place) = PeerPlace::take(
+                &self.shared.per_ip,
+                peer.ip(),
+                self.shared.max_connections_per_ip,
+            ) else {
+                tracing::info!(
+                    %peer,
+                    limit = self.shared.max_connections_per_ip,
+                    "closing new connection: too many from this address"
+                );
+                self.shared.release(1);
+                return;
+            };
+            Some(place)
+        } else {
+            None
         };
         let listen_addr = self.listeners[listener].local_addr;
         let local_addr = if listen_addr.ip().is_unspecified() {
