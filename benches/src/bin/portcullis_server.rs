@@ -16,7 +16,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use portcullis::http::StatusCode;
-use portcullis::{Body, Request, Response, Server, TlsConfig};
+use portcullis::{Body, Limits, Request, Response, Server, TlsConfig};
 
 struct Args {
     addr: String,
@@ -52,13 +52,17 @@ fn parse_args() -> Args {
             "--reactors" => {
                 let v = value();
                 args.reactors = v.parse::<usize>().unwrap_or_else(|_| {
-                    fail(&format!("--reactors takes a number (0: one per CPU), not {v:?}"))
+                    fail(&format!(
+                        "--reactors takes a number (0: one per CPU), not {v:?}"
+                    ))
                 })
             }
             "--cert" => args.cert = value(),
             "--key" => args.key = value(),
             "-h" | "--help" => {
-                println!("flags: --addr ADDR  --max-workers N  --reactors N  --cert FILE  --key FILE");
+                println!(
+                    "flags: --addr ADDR  --max-workers N  --reactors N  --cert FILE  --key FILE"
+                );
                 std::process::exit(0);
             }
             other => fail(&format!("unknown flag {other}")),
@@ -74,14 +78,22 @@ fn fail(message: &str) -> ! {
 
 fn main() -> std::io::Result<()> {
     let args = parse_args();
-    let mut server =
-        Server::bind(args.addr.as_str())?.tls(TlsConfig::from_pem_files(&args.cert, &args.key)?);
+    // Every load generator connects from 127.0.0.1: the per-address limit (1 000 by
+    // default) would cut the idle-memory scenario's thousands of connections.
+    let mut limits = Limits::default();
+    limits.max_connections_per_ip = usize::MAX;
+    let mut server = Server::bind(args.addr.as_str())?
+        .tls(TlsConfig::from_pem_files(&args.cert, &args.key)?)
+        .limits(limits);
     if let Some(n) = args.max_workers {
         server = server.max_workers(n);
     }
     let handle = server.reactors(args.reactors).spawn(handle)?;
     for addr in handle.local_addrs() {
-        println!("listening on https://{addr} ({} reactors)", handle.reactors());
+        println!(
+            "listening on https://{addr} ({} reactors)",
+            handle.reactors()
+        );
     }
     handle.join()
 }
