@@ -807,6 +807,20 @@ impl ResponseFuture {
         }
     }
 
+    /// The wait before answering (a drain, a read that sends `100 Continue`) is over:
+    /// answers with the handler's outcome kept for it.
+    fn answer_kept(
+        &mut self,
+        outcome: Option<Box<Outcome>>,
+    ) -> Poll<Result<http::Response<ResponseBody>, Never>> {
+        self.state = State::Done;
+        let Some(outcome) = outcome else {
+            return Poll::Pending;
+        };
+        self.watch.request_answered();
+        Poll::Ready(self.answer(*outcome))
+    }
+
     fn answer(&self, outcome: Outcome) -> Result<http::Response<ResponseBody>, Never> {
         match outcome {
             Outcome::Response(mut response) => {
@@ -923,24 +937,14 @@ impl Future for ResponseFuture {
                         return Poll::Pending;
                     }
                     let outcome = outcome.take();
-                    this.state = State::Done;
-                    let Some(outcome) = outcome else {
-                        return Poll::Pending;
-                    };
-                    this.watch.request_answered();
-                    return Poll::Ready(this.answer(*outcome));
+                    return this.answer_kept(outcome);
                 }
                 State::Continuing(outcome, pipe) => {
                     if pipe.poll_reading(cx).is_pending() {
                         return Poll::Pending;
                     }
                     let outcome = outcome.take();
-                    this.state = State::Done;
-                    let Some(outcome) = outcome else {
-                        return Poll::Pending;
-                    };
-                    this.watch.request_answered();
-                    return Poll::Ready(this.answer(*outcome));
+                    return this.answer_kept(outcome);
                 }
                 State::Done => return Poll::Pending,
             }
