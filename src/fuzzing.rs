@@ -113,8 +113,18 @@ fn decode_chunks(mut data: &[u8]) -> Vec<Chunk<'_>> {
 pub fn tls_handshake(data: &[u8]) -> Vec<u8> {
     with_harness(|h| {
         let ctx = h.tls.clone();
-        let out = h.run(&ctx, &mut RawClient, &decode_chunks(data));
-        check_tls_records(&out);
+        let chunks = decode_chunks(data);
+        let out = h.run(&ctx, &mut RawClient, &chunks);
+        let sent: Vec<u8> = chunks.iter().flat_map(|c| c.bytes.iter().copied()).collect();
+        if out == crate::conn::transport::PLAIN_HTTP_ANSWER {
+            // Plain HTTP on the TLS port gets a plain-text 400, and only plain HTTP.
+            assert!(
+                crate::conn::transport::looks_like_http(&sent[..sent.len().min(8)]),
+                "a plain-text 400 to bytes that are not an HTTP request line: {sent:02x?}"
+            );
+        } else {
+            check_tls_records(&out);
+        }
         out
     })
 }

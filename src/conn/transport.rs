@@ -232,7 +232,7 @@ impl<S: Socket> Transport<S> {
 }
 
 /// The answer to plain HTTP on a TLS port.
-const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+pub(crate) const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
 Content-Type: text/plain; charset=utf-8\r\n\
 Content-Length: 70\r\n\
 Connection: close\r\n\r\n\
@@ -241,7 +241,7 @@ Connection: close\r\n\r\n\
 /// Whether the first bytes of a connection are the start of an HTTP/1 request line: a
 /// method token of capital letters, then a space. (A TLS record starts with a content
 /// type byte below 0x20, so the two cannot be confused.)
-fn looks_like_http(first: &[u8]) -> bool {
+pub(crate) fn looks_like_http(first: &[u8]) -> bool {
     let Some(space) = first.iter().position(|&b| b == b' ') else {
         return false;
     };
