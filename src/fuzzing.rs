@@ -115,7 +115,10 @@ pub fn tls_handshake(data: &[u8]) -> Vec<u8> {
         let ctx = h.tls.clone();
         let chunks = decode_chunks(data);
         let out = h.run(&ctx, &mut RawClient, &chunks);
-        let sent: Vec<u8> = chunks.iter().flat_map(|c| c.bytes.iter().copied()).collect();
+        let sent: Vec<u8> = chunks
+            .iter()
+            .flat_map(|c| c.bytes.iter().copied())
+            .collect();
         if out == crate::conn::transport::PLAIN_HTTP_ANSWER {
             // Plain HTTP on the TLS port gets a plain-text 400, and only plain HTTP.
             assert!(

@@ -48,7 +48,8 @@ impl Gate {
     }
 }
 
-/// `/gate` waits at the gate, `/sleep/<ms>` sleeps, `/thread` names the thread it ran on,
+/// `/gate` waits at the gate, `/sleep/<ms>` sleeps, `/spin/<ms>` computes (never blocks)
+/// for that long, `/thread` names the thread it ran on,
 /// `/panic` panics, `/stream` streams 1 MiB, `/echo` echoes its body; else `quick`.
 fn handler(gate: Gate) -> impl Fn(Request, ConnectionInfo) -> Response + Send + Sync {
     move |req, _info| {
@@ -64,6 +65,15 @@ fn handler(gate: Gate) -> impl Fn(Request, ConnectionInfo) -> Response + Send + 
             "/panic" => panic!("inline test panics on purpose"),
             "/stream" => Response::new(Body::from_reader(std::io::repeat(b'z').take(1 << 20))),
             "/echo" => Response::new(req.into_body()),
+            _ if path.starts_with("/spin/") => {
+                let ms: u64 = path["/spin/".len()..].parse().unwrap();
+                let until = Instant::now() + Duration::from_millis(ms);
+                let mut spins = 0u64;
+                while Instant::now() < until {
+                    spins = std::hint::black_box(spins + 1);
+                }
+                Response::new(Body::from(format!("spun {spins}")))
+            }
             _ => {
                 if let Some(ms) = path.strip_prefix("/sleep/") {
                     std::thread::sleep(Duration::from_millis(ms.parse().unwrap()));
@@ -177,6 +187,55 @@ fn a_blocked_handler_does_not_stall_other_connections() {
         }
     });
     gate.open();
+    stop(handle);
+}
+
+/// A handler that computes without ever blocking is taken over as well, once it has had
+/// the CPU for about a millisecond (a thread merely waiting for a CPU is left the reactor):
+/// with one reactor, quick requests from another connection flow while it computes.
+#[test]
+fn a_computing_handler_does_not_stall_other_connections() {
+    let handle = tls_server()
+        .reactors(1)
+        .spawn(handler(Gate::default()))
+        .expect("spawn");
+    let addr = addr(&handle);
+    block_on(async move {
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let started = Instant::now();
+            let spinning = tokio::spawn(async move { get_tls(addr, version, "/spin/3000").await });
+            // Let it start computing on the reactor's leader thread.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut client = Client::connect_tls(addr, version).await;
+            let mut took = Vec::new();
+            for i in 0..20 {
+                let started = Instant::now();
+                let reply = within(
+                    Duration::from_secs(5),
+                    "a quick request while another handler computes",
+                    client.get(&format!("/q/{i}")),
+                )
+                .await
+                .expect("GET quick");
+                assert_eq!(reply.status, StatusCode::OK);
+                took.push(started.elapsed());
+            }
+            took.sort();
+            let (median, slowest) = (took[took.len() / 2], took[took.len() - 1]);
+            assert!(
+                median < Duration::from_millis(20) && slowest < Duration::from_millis(500),
+                "{version:?}: quick requests beside a computing handler took median {median:?}, \
+                 slowest {slowest:?} (limits 20 ms, 500 ms)"
+            );
+            assert!(
+                !spinning.is_finished() && started.elapsed() < Duration::from_millis(2500),
+                "the quick requests waited for the computing handler"
+            );
+            let reply = spinning.await.unwrap();
+            assert_eq!(reply.status, StatusCode::OK);
+            assert!(String::from_utf8_lossy(&reply.body).starts_with("spun "));
+        }
+    });
     stop(handle);
 }
 

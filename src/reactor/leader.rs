@@ -14,13 +14,16 @@
 //! pick it up. While handlers run inline, a *monitor* thread looks at it now and then (as
 //! Go's `sysmon` does for goroutines stuck in system calls): every [`MONITOR_INTERVAL`]
 //! after it saw one running, backing off to [`MONITOR_MAX_INTERVAL`] while it finds none.
-//! When it sees the same handler still running at two looks in a row, it hands the reactor
-//! to a follower thread, which leads from then on. A quick handler therefore costs no
+//! When it sees the same handler still running at two looks in a row, and its thread is
+//! blocked (or has computed for [`COMPUTE_GRACE`] since: a thread merely waiting for a CPU
+//! is left alone, no other thread would do better), it hands the reactor to a follower
+//! thread, which leads from then on. A quick handler therefore costs no
 //! context switch at all, and one that blocks (sleeps, waits on a lock, reads a file, calls
 //! this very server) stalls the other connections for at most about a millisecond, once: its
 //! route is then remembered as blocking and goes straight to the pool for
-//! [`BLOCKING_ROUTE_MEMORY`]. (A handler slower than [`BLOCKING_AFTER`] that the monitor did
-//! not catch marks its route on its second slow run within [`SLOW_AGAIN_WITHIN`].)
+//! [`BLOCKING_ROUTE_MEMORY`]. (A handler slower than [`BLOCKING_AFTER`] that blocked and
+//! that the monitor did not catch marks its route on its second slow run within
+//! [`SLOW_AGAIN_WITHIN`].)
 //!
 //! When the blocked handler ends, its thread finds the reactor gone and becomes an idle
 //! follower. Inline handlers hold a place in the worker pool ([`WorkerPool::try_inline`]),
@@ -51,7 +54,8 @@ const MONITOR_MAX_INTERVAL: Duration = Duration::from_millis(1);
 /// Looks without any inline handler after which the monitor sleeps until the next one.
 const MONITOR_IDLE_LOOKS: u32 = 100;
 
-/// A handler that ran inline longer than this is slow; a route slow twice within
+/// A handler that ran inline longer than this, and blocked meanwhile (its thread switched
+/// out voluntarily, not preempted), is slow; a route slow twice within
 /// [`SLOW_AGAIN_WITHIN`] is marked as blocking (the monitor marks at once a route whose
 /// handler it had to take the reactor from).
 const BLOCKING_AFTER: Duration = MONITOR_INTERVAL;
@@ -64,6 +68,15 @@ const SLOW_AGAIN_WITHIN: Duration = Duration::from_millis(100);
 
 /// How long a route that blocked goes straight to the pool before it is tried inline again.
 const BLOCKING_ROUTE_MEMORY: Duration = Duration::from_millis(500);
+
+/// CPU time a handler that the monitor finds runnable (on a CPU, or waiting for one) may
+/// spend inline before it is taken over as one that blocks. A busy core preempts the
+/// leader now and then (ksoftirqd, the load generator, other processes): under `wrk`, hello
+/// handlers were seen "still running" 0.6–0.9 ms apart three times in 8 s, every time
+/// runnable, and each take-over sent the route to the pool for half a second (a fifth of
+/// the run). Waiting for a CPU is not blocking, and no other thread would do better; a
+/// handler that computes is.
+const COMPUTE_GRACE: Duration = Duration::from_millis(1);
 
 /// How long an idle follower thread waits to lead again before it exits.
 const FOLLOWER_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -198,6 +211,34 @@ pub(crate) fn route_of(path: &str) -> usize {
     hash as usize
 }
 
+/// The CPU time so far of a thread of this process that is runnable (running, or waiting
+/// for a CPU); `None` when it is blocked (sleeping, waiting on I/O or a lock) — or when
+/// `/proc` cannot tell, which makes the monitor take the reactor over as it would without
+/// this check.
+fn runnable_cpu_time(thread: libc::pid_t) -> Option<Duration> {
+    let stat = std::fs::read(format!("/proc/self/task/{thread}/stat")).ok()?;
+    // `pid (comm) S ...`: the state follows the last `)` (comm may hold one).
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    if stat.get(close + 2) != Some(&b'R') {
+        return None;
+    }
+    // `schedstat`: nanoseconds on a CPU, nanoseconds waiting for one, time slices.
+    let schedstat = std::fs::read_to_string(format!("/proc/self/task/{thread}/schedstat")).ok()?;
+    let on_cpu = schedstat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(on_cpu))
+}
+
+/// Voluntary context switches of the calling thread so far: it blocked that many times.
+fn voluntary_switches() -> i64 {
+    // SAFETY: `usage` is a valid, writable `rusage`; RUSAGE_THREAD reads the caller's own.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the call only writes `usage`.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) } != 0 {
+        return i64::MAX; // unknown: every slow run counts as blocked, as before
+    }
+    usage.ru_nvcsw
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing here panics while holding a lock; a poisoned one is still whole.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
@@ -224,6 +265,8 @@ struct PutDown {
     number: u64,
     /// The route of the handler running meanwhile.
     route: usize,
+    /// The thread running that handler (its leader), for [`runnable_cpu_time`].
+    thread: libc::pid_t,
 }
 
 /// What the leader, the monitor and the followers share.
@@ -322,6 +365,8 @@ impl Leadership {
     /// Leads until a handler run inline blocks (another thread leads then) or the reactor
     /// stops.
     fn lead(self: &Arc<Self>, mut reactor: Box<Reactor>, inline: bool) -> Led {
+        // SAFETY: gettid has no preconditions and cannot fail.
+        let thread = unsafe { libc::gettid() };
         let mut jobs: VecDeque<Deferred> = std::mem::take(&mut reactor.inline_jobs);
         loop {
             if jobs.is_empty() {
@@ -351,6 +396,9 @@ impl Leadership {
                 }
                 continue;
             }
+            // A slow run counts only if the thread blocked (a voluntary context switch), not
+            // if it was preempted: read once per batch, and again after a slow run.
+            let mut switches = voluntary_switches();
             while let Some(Deferred { job, route }) = jobs.pop_front() {
                 let place = if self.blocking_routes.blocks(route) {
                     None
@@ -372,6 +420,7 @@ impl Leadership {
                     reactor,
                     number: put_down,
                     route,
+                    thread,
                 });
                 if self.monitor_parked.load(Ordering::SeqCst) {
                     self.wake_monitor();
@@ -381,7 +430,11 @@ impl Leadership {
                     tracing::error!("a handler job panicked outside the handler");
                 }
                 if started.elapsed() >= BLOCKING_AFTER {
-                    self.blocking_routes.slow(route);
+                    let now = voluntary_switches();
+                    if now > switches {
+                        self.blocking_routes.slow(route);
+                    }
+                    switches = now;
                 }
                 // The reactor, if no follower took it — possibly put down by another thread
                 // that now runs a handler itself: this one is free, so it leads.
@@ -457,26 +510,46 @@ impl Leadership {
     }
 
     /// The monitor thread: hands the reactor to a follower when it has lain put down (its
-    /// leader running a handler) since the previous look.
+    /// leader running a handler) since the previous look, unless that handler's thread is
+    /// runnable and has computed for less than [`COMPUTE_GRACE`] since.
     fn monitor(self: &Arc<Self>) {
         let mut last_seen = 0;
+        // The CPU time of the leader when first found runnable with the handler seen last.
+        let mut runnable_since: Option<Duration> = None;
         let mut last_count = self.put_downs.load(Ordering::SeqCst);
         let mut quiet_looks = 0;
         let mut interval = MONITOR_INTERVAL;
         while !self.done.load(Ordering::SeqCst) {
             std::thread::sleep(interval);
-            let stuck = {
-                let mut available = lock(&self.available);
-                match &*available {
-                    Some(put_down) if put_down.number == last_seen => available.take(),
-                    Some(put_down) => {
-                        last_seen = put_down.number;
+            let seen = lock(&self.available)
+                .as_ref()
+                .map(|put_down| (put_down.number, put_down.thread));
+            let stuck = match seen {
+                Some((number, thread)) if number == last_seen => {
+                    // Preempted, or computing for a moment, rather than blocked: the reactor
+                    // stays. /proc is read only here, for a handler seen at two looks.
+                    let computing = runnable_cpu_time(thread).is_some_and(|cpu| {
+                        let since = *runnable_since.get_or_insert(cpu);
+                        cpu.saturating_sub(since) < COMPUTE_GRACE
+                    });
+                    if computing {
                         None
+                    } else {
+                        let mut available = lock(&self.available);
+                        match &*available {
+                            Some(put_down) if put_down.number == number => available.take(),
+                            _ => None,
+                        }
                     }
-                    None => {
-                        last_seen = 0;
-                        None
-                    }
+                }
+                Some((number, _)) => {
+                    last_seen = number;
+                    runnable_since = None;
+                    None
+                }
+                None => {
+                    last_seen = 0;
+                    None
                 }
             };
             interval = if last_seen == 0 {
@@ -485,11 +558,17 @@ impl Leadership {
                 // A handler is running: look again soon.
                 MONITOR_INTERVAL
             };
-            if let Some(PutDown { reactor, route, .. }) = stuck {
+            if let Some(PutDown {
+                reactor,
+                route,
+                thread,
+                ..
+            }) = stuck
+            {
                 // Later requests for this route go to the pool at once, even those
                 // already queued behind this one.
                 self.blocking_routes.mark(route);
-                self.take_over(reactor, route);
+                self.take_over(reactor, route, thread);
                 last_seen = 0;
             }
             let count = self.put_downs.load(Ordering::SeqCst);
@@ -522,7 +601,7 @@ impl Leadership {
 
     /// Gives the reactor, taken from a leader stuck in a handler, to an idle follower or a
     /// new one.
-    fn take_over(self: &Arc<Self>, reactor: Box<Reactor>, route: usize) {
+    fn take_over(self: &Arc<Self>, reactor: Box<Reactor>, route: usize, thread: libc::pid_t) {
         let mut followers = lock(&self.followers);
         if followers.idle > 0 {
             followers.handoff = Some(reactor);
@@ -540,6 +619,7 @@ impl Leadership {
                     reactor,
                     number: put_down,
                     route,
+                    thread,
                 });
             }
         }
@@ -562,6 +642,57 @@ impl Leadership {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_running_thread_is_runnable_and_a_sleeping_one_is_not() {
+        // SAFETY: no preconditions.
+        let me = unsafe { libc::gettid() };
+        let before = runnable_cpu_time(me).expect("this thread runs, so it is runnable");
+        let until = Instant::now() + Duration::from_millis(20);
+        while Instant::now() < until {
+            std::hint::black_box(0);
+        }
+        let after = runnable_cpu_time(me).expect("still runnable");
+        assert!(
+            after > before,
+            "no CPU time counted: {before:?} then {after:?}"
+        );
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            // SAFETY: no preconditions.
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+        });
+        let tid = rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            runnable_cpu_time(tid),
+            None,
+            "a sleeping thread counted as runnable"
+        );
+        sleeper.join().unwrap();
+        assert_eq!(
+            runnable_cpu_time(tid),
+            None,
+            "an exited thread counted as runnable"
+        );
+    }
+
+    #[test]
+    fn blocking_counts_as_a_voluntary_switch_and_computing_does_not() {
+        let start = voluntary_switches();
+        let until = Instant::now() + Duration::from_millis(5);
+        while Instant::now() < until {
+            std::hint::black_box(0);
+        }
+        let computed = voluntary_switches();
+        std::thread::sleep(Duration::from_millis(2));
+        let slept = voluntary_switches();
+        assert!(slept > computed, "a sleep was not a voluntary switch");
+        // Computing may be preempted (involuntary), never switched out voluntarily.
+        assert_eq!(computed, start, "computing counted as blocking");
+    }
 
     #[test]
     fn a_blocking_route_is_remembered() {
