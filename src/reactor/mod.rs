@@ -478,7 +478,9 @@ impl Reactor {
     /// jobs, which the leader runs first) waits for I/O, timers or wakes. `Some` once the
     /// reactor has stopped.
     fn turn(&mut self) -> Option<io::Result<()>> {
+        let turn_time = timer::TurnTime::start(Instant::now());
         let ended = self.tasks.run_ready();
+        drop(turn_time);
         self.connections_ended(ended);
         if self.drain_deadline.is_some() && self.connections == 0 {
             tracing::info!("all connections drained");

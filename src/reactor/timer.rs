@@ -4,6 +4,7 @@
 //! header-read timeout and HTTP/2 keep-alive pings, and [`Deadline`] is the future that
 //! portcullis' own timeouts (handshake, drain, ...) are built from.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -41,12 +42,39 @@ impl Clock {
         (clock, hands)
     }
 
-    /// The current instant.
+    /// The current instant; while the reactor polls its tasks, the instant that polling
+    /// began ([`TurnTime`]).
     pub(crate) fn now(&self) -> Instant {
         match &self.manual {
-            None => Instant::now(),
+            None => TURN_NOW.with(Cell::get).unwrap_or_else(Instant::now),
             Some(hands) => hands.now(),
         }
+    }
+}
+
+thread_local! {
+    /// Set while this thread's reactor polls its tasks: see [`TurnTime`].
+    static TURN_NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// While it lives, [`Clock::now`] on this thread answers the instant it was made rather
+/// than reading the clock. The reactor holds one while it polls its tasks: a request's
+/// deadlines (hyper's header timeout, the connection's idle and rate watches) read the
+/// clock several times per request, and one reading per turn serves them all; a turn is
+/// short (every task poll has a budget, `coop`), and deadlines are whole milliseconds at
+/// the least. Handlers never run inside a task poll, so they see the real clock.
+pub(crate) struct TurnTime(());
+
+impl TurnTime {
+    pub(crate) fn start(now: Instant) -> TurnTime {
+        TURN_NOW.with(|cell| cell.set(Some(now)));
+        TurnTime(())
+    }
+}
+
+impl Drop for TurnTime {
+    fn drop(&mut self) {
+        TURN_NOW.with(|cell| cell.set(None));
     }
 }
 
@@ -126,12 +154,18 @@ impl TimerQueue {
 
     /// Wakes every deadline at or before `now`.
     pub(crate) fn fire_expired(&self, now: Instant) {
-        let expired = {
+        // Called every turn, mostly with nothing expired: no allocation then.
+        let mut expired = Vec::new();
+        {
             let mut state = self.lock();
-            let later = state.pending.split_off(&(now, u64::MAX));
-            std::mem::replace(&mut state.pending, later)
-        };
-        for (_, waker) in expired {
+            while let Some(entry) = state.pending.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                expired.push(entry.remove());
+            }
+        }
+        for waker in expired {
             waker.wake();
         }
     }
