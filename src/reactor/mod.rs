@@ -496,10 +496,16 @@ impl Reactor {
                 return Some(Ok(()));
             }
         }
-        if leader::has_deferred() {
-            return None;
-        }
-        let timeout = self.poll_timeout(now);
+        // Handlers deferred by this turn's polls run as soon as it ends: no sleeping in
+        // `poll`, but a look at the sockets all the same. (Skipping the look starved every
+        // other connection, accepts and timers included, for as long as some connections
+        // kept deferring handlers: 50 connections pipelining requests they never read held
+        // new clients' handshakes for seconds.)
+        let timeout = if leader::has_deferred() {
+            Some(Duration::ZERO)
+        } else {
+            self.poll_timeout(now)
+        };
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
