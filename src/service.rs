@@ -59,6 +59,9 @@ pub type Response = http::Response<Body>;
 /// Bytes queued between the connection and a worker, per body and direction.
 const PIPE_CAPACITY: usize = 64 * 1024;
 
+/// Mixed into a request path's route to name the refills of its streamed responses.
+const REFILL_ROUTE: usize = 0x5bd1_e995;
+
 /// What serves requests. Any `Fn(Request, ConnectionInfo) -> R + Send + Sync` whose `R` is
 /// [`IntoResponse`] is one (a [`Response`], a string, a `Result<T, Error>`, ...);
 /// implement the trait yourself for a stateful service.
@@ -408,7 +411,10 @@ impl HandlerJob {
         // never reads the body itself: its first fill goes to the pool.
         let on_worker = inline.is_none();
         drop(inline);
-        let pull = Pull::new(body, PIPE_CAPACITY, pool, on_worker);
+        // Refills are judged apart from the handler: a route whose handler blocks (a
+        // database) may stream from a reader that does not (a file).
+        let refill_route = crate::reactor::leader::route_of(log.uri.path()) ^ REFILL_ROUTE;
+        let pull = Pull::new(body, PIPE_CAPACITY, pool, on_worker, refill_route);
         sender.send(Outcome::Response(http::Response::from_parts(
             parts,
             ResponseBody::pulled(pull.clone(), log, rate),
