@@ -139,6 +139,33 @@ fn quick_requests_run_on_the_reactor_thread_without_a_worker() {
     stop(handle);
 }
 
+/// Twenty quick requests on `client` while `beside` runs on the same server. The README says
+/// about a millisecond each; the median allows a loaded 2-core machine 20 times that, and
+/// the slowest one preemption, while anything that waits for the other handler (seconds)
+/// or for a poll timeout crosses them.
+async fn twenty_quick_requests(client: &mut Client, version: Version, beside: &str) {
+    let mut took = Vec::new();
+    for i in 0..20 {
+        let started = Instant::now();
+        let reply = within(
+            Duration::from_secs(5),
+            "a quick request beside another handler",
+            client.get(&format!("/q/{i}")),
+        )
+        .await
+        .expect("GET quick");
+        assert_eq!(reply.status, StatusCode::OK);
+        took.push(started.elapsed());
+    }
+    took.sort();
+    let (median, slowest) = (took[took.len() / 2], took[took.len() - 1]);
+    assert!(
+        median < Duration::from_millis(20) && slowest < Duration::from_millis(500),
+        "{version:?}: quick requests beside {beside} took median {median:?}, \
+         slowest {slowest:?} (limits 20 ms, 500 ms)"
+    );
+}
+
 /// A handler that blocks does not stop other connections: the reactor moves on to
 /// another thread while it waits.
 #[test]
@@ -155,29 +182,7 @@ fn a_blocked_handler_does_not_stall_other_connections() {
                 .await
                 .unwrap();
             let mut client = Client::connect_tls(addr, version).await;
-            let mut took = Vec::new();
-            for i in 0..20 {
-                let started = Instant::now();
-                let reply = within(
-                    Duration::from_secs(5),
-                    "a quick request while another handler blocks",
-                    client.get(&format!("/q/{i}")),
-                )
-                .await
-                .expect("GET quick");
-                assert_eq!(reply.status, StatusCode::OK);
-                took.push(started.elapsed());
-            }
-            // The README says about a millisecond; the median allows a loaded 2-core machine
-            // 20 times that, and the slowest one preemption, while anything that waits for
-            // the blocked handler (up to its 10 s gate) or for a poll timeout crosses them.
-            took.sort();
-            let (median, slowest) = (took[took.len() / 2], took[took.len() - 1]);
-            assert!(
-                median < Duration::from_millis(20) && slowest < Duration::from_millis(500),
-                "{version:?}: quick requests beside a blocked handler took median {median:?}, \
-                 slowest {slowest:?} (limits 20 ms, 500 ms)"
-            );
+            twenty_quick_requests(&mut client, version, "a blocked handler").await;
             assert!(!blocked.is_finished(), "the gated handler did not wait");
             // The same connection's other streams (HTTP/2) are served too.
             if version == Version::HTTP_2 {
@@ -207,26 +212,7 @@ fn a_computing_handler_does_not_stall_other_connections() {
             // Let it start computing on the reactor's leader thread.
             tokio::time::sleep(Duration::from_millis(200)).await;
             let mut client = Client::connect_tls(addr, version).await;
-            let mut took = Vec::new();
-            for i in 0..20 {
-                let started = Instant::now();
-                let reply = within(
-                    Duration::from_secs(5),
-                    "a quick request while another handler computes",
-                    client.get(&format!("/q/{i}")),
-                )
-                .await
-                .expect("GET quick");
-                assert_eq!(reply.status, StatusCode::OK);
-                took.push(started.elapsed());
-            }
-            took.sort();
-            let (median, slowest) = (took[took.len() / 2], took[took.len() - 1]);
-            assert!(
-                median < Duration::from_millis(20) && slowest < Duration::from_millis(500),
-                "{version:?}: quick requests beside a computing handler took median {median:?}, \
-                 slowest {slowest:?} (limits 20 ms, 500 ms)"
-            );
+            twenty_quick_requests(&mut client, version, "a computing handler").await;
             assert!(
                 !spinning.is_finished() && started.elapsed() < Duration::from_millis(2500),
                 "the quick requests waited for the computing handler"
