@@ -5,7 +5,7 @@
 //! portcullis' own timeouts (handshake, drain, ...) are built from.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::BinaryHeap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,28 +91,94 @@ impl ManualClock {
     }
 }
 
-/// Key of one registered deadline: when it fires, and a sequence number that keeps equal
-/// instants apart.
-type TimerKey = (Instant, u64);
+/// Key of one registered deadline: its place in the queue's table, and which use of that
+/// place it is (a place freed and taken again gets the next generation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TimerKey {
+    index: u32,
+    generation: u32,
+}
 
-/// All pending deadlines of one reactor, ordered by expiry.
+/// All pending deadlines of one reactor.
+///
+/// Most deadlines never fire: hyper's header timeout starts when a keep-alive connection
+/// waits for its next request and is dropped when the request comes, so every request
+/// registers one and cancels it. Registering pushes onto a binary heap (O(log n), in
+/// practice a comparison or two: new deadlines are late ones); cancelling only frees the
+/// deadline's place in a table, and the heap forgets it when it surfaces, or in a sweep
+/// once forgotten entries outnumber live ones (amortized O(1) per cancel). A `BTreeMap`
+/// before this cost a node rebalance and its memmoves on both ends of every request.
 pub(crate) struct TimerQueue {
     state: Mutex<TimerState>,
     run_queue: Arc<RunQueue>,
     clock: Clock,
 }
 
+/// A place in the table: the waker of the deadline registered there, `None` when free.
+struct Entry {
+    generation: u32,
+    waker: Option<Waker>,
+}
+
+/// A heap item: when, and the place (with its generation) it was registered at. Ordered
+/// earliest first.
+type HeapItem = std::cmp::Reverse<(Instant, u32, u32)>;
+
 struct TimerState {
-    pending: BTreeMap<TimerKey, Waker>,
-    next_seq: u64,
+    entries: Vec<Entry>,
+    /// Free places in `entries`.
+    free: Vec<u32>,
+    /// Every registered deadline, and cancelled ones not yet forgotten.
+    heap: BinaryHeap<HeapItem>,
+    /// Places in use: the registered deadlines.
+    live: usize,
+}
+
+/// Forgotten entries the heap may hold beyond twice the live ones before a sweep.
+const SWEEP_SLACK: usize = 256;
+
+/// Whether the deadline registered at `index` in its `generation` is still pending.
+fn is_live(entries: &[Entry], index: u32, generation: u32) -> bool {
+    entries
+        .get(index as usize)
+        .is_some_and(|entry| entry.generation == generation && entry.waker.is_some())
+}
+
+impl TimerState {
+    fn is_live(&self, index: u32, generation: u32) -> bool {
+        is_live(&self.entries, index, generation)
+    }
+
+    /// Frees a place, giving back its waker.
+    fn free(&mut self, index: u32) -> Option<Waker> {
+        let entry = self.entries.get_mut(index as usize)?;
+        let waker = entry.waker.take()?;
+        entry.generation = entry.generation.wrapping_add(1);
+        self.free.push(index);
+        self.live -= 1;
+        Some(waker)
+    }
+
+    /// The earliest live deadline, forgetting cancelled ones on top of the heap.
+    fn earliest(&mut self) -> Option<Instant> {
+        while let Some(&std::cmp::Reverse((at, index, generation))) = self.heap.peek() {
+            if self.is_live(index, generation) {
+                return Some(at);
+            }
+            self.heap.pop();
+        }
+        None
+    }
 }
 
 impl TimerQueue {
     pub(crate) fn new(run_queue: Arc<RunQueue>, clock: Clock) -> Arc<TimerQueue> {
         Arc::new(TimerQueue {
             state: Mutex::new(TimerState {
-                pending: BTreeMap::new(),
-                next_seq: 0,
+                entries: Vec::new(),
+                free: Vec::new(),
+                heap: BinaryHeap::new(),
+                live: 0,
             }),
             run_queue,
             clock,
@@ -132,21 +198,19 @@ impl TimerQueue {
     /// The earliest pending deadline.
     #[cfg_attr(not(feature = "fuzzing"), allow(dead_code))]
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        let state = self.lock();
-        state.pending.first_key_value().map(|(&(at, _), _)| at)
+        self.lock().earliest()
     }
 
     fn lock(&self) -> MutexGuard<'_, TimerState> {
-        // A panic while holding this lock cannot leave the map inconsistent, so a
-        // poisoned lock is still usable.
+        // A panic while holding this lock cannot leave the table inconsistent (every
+        // change is a single step), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// How long the reactor may sleep before the next deadline, rounded up to whole
     /// milliseconds so that it never wakes a hair too early and spins.
     pub(crate) fn next_timeout(&self, now: Instant) -> Option<Duration> {
-        let state = self.lock();
-        let (&(deadline, _), _) = state.pending.first_key_value()?;
+        let deadline = self.lock().earliest()?;
         let left = deadline.saturating_duration_since(now);
         let millis = left.as_micros().div_ceil(1000);
         Some(Duration::from_millis(millis as u64))
@@ -158,11 +222,14 @@ impl TimerQueue {
         let mut expired = Vec::new();
         {
             let mut state = self.lock();
-            while let Some(entry) = state.pending.first_entry() {
-                if entry.key().0 > now {
+            while let Some(&std::cmp::Reverse((at, index, generation))) = state.heap.peek() {
+                if at > now {
                     break;
                 }
-                expired.push(entry.remove());
+                state.heap.pop();
+                if state.is_live(index, generation) {
+                    expired.extend(state.free(index));
+                }
             }
         }
         for waker in expired {
@@ -173,20 +240,42 @@ impl TimerQueue {
     fn register(&self, key: Option<TimerKey>, deadline: Instant, waker: &Waker) -> TimerKey {
         let mut state = self.lock();
         if let Some(key) = key {
-            if let Some(registered) = state.pending.get_mut(&key) {
-                if !registered.will_wake(waker) {
-                    registered.clone_from(waker);
+            if state.is_live(key.index, key.generation) {
+                if let Some(registered) = &mut state.entries[key.index as usize].waker {
+                    if !registered.will_wake(waker) {
+                        registered.clone_from(waker);
+                    }
                 }
                 return key;
             }
         }
-        let key = (deadline, state.next_seq);
-        state.next_seq += 1;
-        let earliest = state
-            .pending
-            .first_key_value()
-            .is_none_or(|(first, _)| key < *first);
-        state.pending.insert(key, waker.clone());
+        let index = match state.free.pop() {
+            Some(index) => index,
+            None => {
+                state.entries.push(Entry {
+                    generation: 0,
+                    waker: None,
+                });
+                // More than 4 billion deadlines at once cannot be: each belongs to a
+                // connection or a request, and memory runs out long before.
+                u32::try_from(state.entries.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        let entry = &mut state.entries[index as usize];
+        entry.waker = Some(waker.clone());
+        let key = TimerKey {
+            index,
+            generation: entry.generation,
+        };
+        state.live += 1;
+        state
+            .heap
+            .push(std::cmp::Reverse((deadline, index, key.generation)));
+        // The top of the heap is never later than the deadline the reactor sleeps
+        // towards (forgotten entries above the earliest live one are popped before it
+        // sleeps), so only a new top can be earlier.
+        let earliest =
+            state.heap.peek() == Some(&std::cmp::Reverse((deadline, index, key.generation)));
         drop(state);
         if earliest {
             // The reactor may be asleep with a longer timeout.
@@ -196,7 +285,20 @@ impl TimerQueue {
     }
 
     fn cancel(&self, key: TimerKey) {
-        self.lock().pending.remove(&key);
+        let mut state = self.lock();
+        if !state.is_live(key.index, key.generation) {
+            return;
+        }
+        // Dropped after the lock: a waker's drop may run arbitrary code.
+        let waker = state.free(key.index);
+        if state.heap.len() > 2 * state.live + SWEEP_SLACK {
+            let TimerState { entries, heap, .. } = &mut *state;
+            heap.retain(|&std::cmp::Reverse((_, index, generation))| {
+                is_live(entries, index, generation)
+            });
+        }
+        drop(state);
+        drop(waker);
     }
 }
 
@@ -358,6 +460,63 @@ mod tests {
             None,
             "a dropped deadline is forgotten"
         );
+    }
+
+    #[test]
+    fn cancelled_deadlines_never_fire_and_are_forgotten() {
+        let queue = queue();
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let now = Instant::now();
+        let mut kept = Deadline::new(&queue, now + Duration::from_secs(30));
+        assert!(Pin::new(&mut kept).poll(&mut cx).is_pending());
+        // As hyper's header timeout does: one deadline registered and dropped per request.
+        for i in 0..10_000u64 {
+            let mut header = Deadline::new(&queue, now + Duration::from_millis(10 + i % 7));
+            assert!(Pin::new(&mut header).poll(&mut cx).is_pending());
+        }
+        {
+            let state = queue.lock();
+            assert_eq!(state.live, 1);
+            assert!(
+                state.heap.len() <= 2 * state.live + SWEEP_SLACK + 1,
+                "cancelled entries are swept: {} in the heap",
+                state.heap.len()
+            );
+            assert!(state.entries.len() <= 2, "places are reused");
+        }
+        assert_eq!(queue.next_deadline(), Some(now + Duration::from_secs(30)));
+        queue.fire_expired(now + Duration::from_secs(29));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 0, "none of them fired");
+        queue.fire_expired(now + Duration::from_secs(30));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert_eq!(queue.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_stale_key_does_not_touch_the_deadline_that_reused_its_place() {
+        let queue = queue();
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let now = Instant::now();
+        let old = queue.register(None, now + Duration::from_millis(5), &waker);
+        queue.cancel(old);
+        let new = queue.register(None, now + Duration::from_millis(50), &waker);
+        assert_eq!(new.index, old.index, "the freed place is taken again");
+        queue.cancel(old);
+        assert_eq!(queue.register(Some(old), now, &waker), {
+            // A stale key registers afresh rather than taking over the new deadline.
+            TimerKey {
+                index: 1,
+                generation: 0,
+            }
+        });
+        queue.fire_expired(now + Duration::from_millis(10));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "only the fresh one at `now`");
+        assert_eq!(queue.next_deadline(), Some(now + Duration::from_millis(50)));
+        queue.fire_expired(now + Duration::from_millis(50));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 2);
     }
 
     #[test]
