@@ -33,7 +33,7 @@ use crate::conn::{ConnectionInfo, Protocol, ServerContext};
 use crate::reactor::leader;
 use crate::reactor::timer::TimerQueue;
 use crate::response::IntoResponse;
-use crate::worker::{InlineRun, WorkerPool};
+use crate::worker::InlineRun;
 
 /// A request as a handler receives it: the `http` crate's type with a streaming [`Body`].
 pub type Request = http::Request<Body>;
@@ -127,16 +127,6 @@ impl Dispatch {
         }
     }
 
-    fn response_rate(&self) -> ResponseRate {
-        let limits = &self.ctx.limits;
-        ResponseRate {
-            clock: self.ctx.reactor.timers.clock().clone(),
-            min_rate: limits.min_response_body_rate,
-            grace: limits.min_rate_grace,
-            send_timeout: limits.send_timeout,
-        }
-    }
-
     /// Starts the reactor task that moves `incoming` into `pipe` (see [`pump_request_body`]).
     fn spawn_pump(&self, incoming: Incoming, pipe: Arc<Pipe>, expects_continue: bool) {
         let deadline = BodyDeadline::new(self.body_rate(), &self.ctx.reactor.timers);
@@ -163,18 +153,17 @@ impl Dispatch {
         complete: bool,
     ) -> Arc<Slot> {
         let slot = Slot::new(SlotState::Waiting);
+        let route = leader::route_of(request.uri().path());
         let job = HandlerJob {
-            service: self.ctx.service.clone(),
+            ctx: self.ctx.clone(),
             request,
             info: self.info.clone(),
             sender: SlotSender::new(slot.clone()),
             log,
             _running: running,
-            pool: self.ctx.pool.clone(),
-            rate: self.response_rate(),
+            route,
         };
         let job: Box<dyn FnOnce() + Send> = if complete {
-            let route = leader::route_of(job.log.uri.path());
             match leader::defer(route, Box::new(move |inline| job.run(inline))) {
                 Ok(()) => return slot,
                 Err(job) => Box::new(move || job(None)),
@@ -325,16 +314,17 @@ fn malformed(parts: &http::request::Parts) -> Option<&'static str> {
 
 /// One handler call, as it runs on a worker.
 struct HandlerJob {
-    service: Arc<dyn Service>,
+    /// The service, the pool (refills of a streamed response body run there) and the
+    /// limits a streamed response is held to.
+    ctx: Arc<ServerContext>,
     request: Request,
     info: ConnectionInfo,
     sender: SlotSender,
     log: AccessLog,
     /// Counts against the connection's handlers until the job is done.
     _running: HandlerRunning,
-    /// Refills of a streamed response body run here.
-    pool: WorkerPool,
-    rate: ResponseRate,
+    /// The request path's route (`leader::route_of`).
+    route: usize,
 }
 
 impl HandlerJob {
@@ -343,16 +333,19 @@ impl HandlerJob {
     /// moves to a pool thread, so the leader never waits on a pipe.
     fn run(self, inline: Option<InlineRun>) {
         let HandlerJob {
-            service,
+            ctx,
             request,
             info,
             sender,
             mut log,
             _running,
-            pool,
-            rate,
+            route,
         } = self;
-        let span = tracing::info_span!("request", method = %log.method, path = log.uri.path());
+        let span = tracing::info_span!(
+            "request",
+            method = %request.method(),
+            path = request.uri().path()
+        );
         let _entered = span.enter();
         if sender.is_abandoned() {
             // The stream was reset or the connection closed while the job waited for a
@@ -362,7 +355,7 @@ impl HandlerJob {
             tracing::debug!("request cancelled before a worker took it");
             return;
         }
-        let response = match catch_unwind(AssertUnwindSafe(|| service.call(request, info))) {
+        let response = match catch_unwind(AssertUnwindSafe(|| ctx.service.call(request, info))) {
             Ok(response) => response,
             Err(panic) => {
                 tracing::error!(panic = panic_message(&*panic), "handler panicked");
@@ -399,7 +392,7 @@ impl HandlerJob {
                 first,
                 length,
             } => {
-                let mut body = ResponseBody::stream(pipe, first, log, rate);
+                let mut body = ResponseBody::stream(pipe, first, log, response_rate(&ctx));
                 body.length = length;
                 sender.send(Outcome::Response(http::Response::from_parts(parts, body)));
                 return;
@@ -413,8 +406,14 @@ impl HandlerJob {
         drop(inline);
         // Refills are judged apart from the handler: a route whose handler blocks (a
         // database) may stream from a reader that does not (a file).
-        let refill_route = crate::reactor::leader::route_of(log.uri.path()) ^ REFILL_ROUTE;
-        let pull = Pull::new(body, PIPE_CAPACITY, pool, on_worker, refill_route);
+        let rate = response_rate(&ctx);
+        let pull = Pull::new(
+            body,
+            PIPE_CAPACITY,
+            ctx.pool.clone(),
+            on_worker,
+            route ^ REFILL_ROUTE,
+        );
         sender.send(Outcome::Response(http::Response::from_parts(
             parts,
             ResponseBody::pulled(pull.clone(), log, rate),
@@ -424,6 +423,17 @@ impl HandlerJob {
         } else {
             pull.want_more();
         }
+    }
+}
+
+/// The minimum rate and send timeout a streamed response is held to.
+fn response_rate(ctx: &ServerContext) -> ResponseRate {
+    let limits = &ctx.limits;
+    ResponseRate {
+        clock: ctx.reactor.timers.clock().clone(),
+        min_rate: limits.min_response_body_rate,
+        grace: limits.min_rate_grace,
+        send_timeout: limits.send_timeout,
     }
 }
 
@@ -994,27 +1004,42 @@ fn plain_response(
 /// One line of access log, written when the response body is done. It also holds the
 /// request's place among the connection's requests in flight.
 struct AccessLog {
-    /// The client's address (from the PROXY header behind a load balancer) and the
-    /// protocol, when known.
-    client: Option<(std::net::SocketAddr, Protocol)>,
-    method: Method,
-    uri: Uri,
+    /// What the line says of the request; `None` when no subscriber records access events,
+    /// so that a server without access logging neither copies the request line nor reads
+    /// the clock for it.
+    request: Option<LoggedRequest>,
     status: StatusCode,
-    started: Instant,
     sent: u64,
     /// The request body's pipe, told when the response is done.
     request_body: Option<Arc<Pipe>>,
     _in_flight: Option<InFlight>,
 }
 
+/// The request as its access event describes it.
+struct LoggedRequest {
+    /// The client's address (from the PROXY header behind a load balancer) and the
+    /// protocol, when known.
+    client: Option<(std::net::SocketAddr, Protocol)>,
+    method: Method,
+    uri: Uri,
+    started: Instant,
+}
+
 impl AccessLog {
+    fn recorded() -> bool {
+        tracing::enabled!(target: "portcullis::access", tracing::Level::INFO)
+    }
+
     fn new(parts: &http::request::Parts, info: &ConnectionInfo, in_flight: InFlight) -> AccessLog {
-        AccessLog {
+        let request = AccessLog::recorded().then(|| LoggedRequest {
             client: Some((info.peer_addr(), info.protocol())),
             method: parts.method.clone(),
             uri: parts.uri.clone(),
-            status: StatusCode::OK,
             started: Instant::now(),
+        });
+        AccessLog {
+            request,
+            status: StatusCode::OK,
             sent: 0,
             request_body: None,
             _in_flight: Some(in_flight),
@@ -1023,12 +1048,15 @@ impl AccessLog {
 
     /// For a request whose log went with a job that never ran.
     fn unknown() -> AccessLog {
-        AccessLog {
+        let request = AccessLog::recorded().then(|| LoggedRequest {
             client: None,
             method: Method::GET,
             uri: Uri::default(),
-            status: StatusCode::OK,
             started: Instant::now(),
+        });
+        AccessLog {
+            request,
+            status: StatusCode::OK,
             sent: 0,
             request_body: None,
             _in_flight: None,
@@ -1036,15 +1064,18 @@ impl AccessLog {
     }
 
     fn finish(&self, outcome: &str) {
+        let Some(request) = &self.request else {
+            return;
+        };
         tracing::info!(
             target: "portcullis::access",
-            client = self.client.map(|(addr, _)| tracing::field::display(addr)),
-            protocol = self.client.map(|(_, protocol)| tracing::field::display(protocol)),
-            method = %self.method,
-            path = self.uri.path(),
+            client = request.client.map(|(addr, _)| tracing::field::display(addr)),
+            protocol = request.client.map(|(_, protocol)| tracing::field::display(protocol)),
+            method = %request.method,
+            path = request.uri.path(),
             status = self.status.as_u16(),
             bytes = self.sent,
-            duration_us = self.started.elapsed().as_micros() as u64,
+            duration_us = request.started.elapsed().as_micros() as u64,
             outcome,
         );
     }

@@ -399,6 +399,9 @@ impl Leadership {
             // A slow run counts only if the thread blocked (a voluntary context switch), not
             // if it was preempted: read once per batch, and again after a slow run.
             let mut switches = voluntary_switches();
+            // One clock reading per job: a job's end is the next one's start (what lies
+            // between is a few atomic operations, nothing against `BLOCKING_AFTER`).
+            let mut started = Instant::now();
             while let Some(Deferred { job, route }) = jobs.pop_front() {
                 let place = if self.blocking_routes.blocks(route) {
                     None
@@ -425,17 +428,18 @@ impl Leadership {
                 if self.monitor_parked.load(Ordering::SeqCst) {
                     self.wake_monitor();
                 }
-                let started = Instant::now();
                 if catch_unwind(AssertUnwindSafe(|| job(Some(place)))).is_err() {
                     tracing::error!("a handler job panicked outside the handler");
                 }
-                if started.elapsed() >= BLOCKING_AFTER {
+                let ended = Instant::now();
+                if ended.saturating_duration_since(started) >= BLOCKING_AFTER {
                     let now = voluntary_switches();
                     if now > switches {
                         self.blocking_routes.slow(route);
                     }
                     switches = now;
                 }
+                started = ended;
                 // The reactor, if no follower took it — possibly put down by another thread
                 // that now runs a handler itself: this one is free, so it leads.
                 let back = lock(&self.available).take();
