@@ -1006,8 +1006,9 @@ fn plain_response(
 struct AccessLog {
     /// What the line says of the request; `None` when no subscriber records access events,
     /// so that a server without access logging neither copies the request line nor reads
-    /// the clock for it.
-    request: Option<LoggedRequest>,
+    /// the clock for it. Boxed: the log travels inside the handler job, the response
+    /// body and the outcome, each moved several times per request.
+    request: Option<Box<LoggedRequest>>,
     status: StatusCode,
     sent: u64,
     /// The request body's pipe, told when the response is done.
@@ -1031,11 +1032,13 @@ impl AccessLog {
     }
 
     fn new(parts: &http::request::Parts, info: &ConnectionInfo, in_flight: InFlight) -> AccessLog {
-        let request = AccessLog::recorded().then(|| LoggedRequest {
-            client: Some((info.peer_addr(), info.protocol())),
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            started: Instant::now(),
+        let request = AccessLog::recorded().then(|| {
+            Box::new(LoggedRequest {
+                client: Some((info.peer_addr(), info.protocol())),
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                started: Instant::now(),
+            })
         });
         AccessLog {
             request,
@@ -1048,11 +1051,13 @@ impl AccessLog {
 
     /// For a request whose log went with a job that never ran.
     fn unknown() -> AccessLog {
-        let request = AccessLog::recorded().then(|| LoggedRequest {
-            client: None,
-            method: Method::GET,
-            uri: Uri::default(),
-            started: Instant::now(),
+        let request = AccessLog::recorded().then(|| {
+            Box::new(LoggedRequest {
+                client: None,
+                method: Method::GET,
+                uri: Uri::default(),
+                started: Instant::now(),
+            })
         });
         AccessLog {
             request,

@@ -111,13 +111,15 @@ impl ConnectionWatch {
     }
 
     fn wake(&self) {
-        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Kept, not taken: the task registers once (see `register`).
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(waker) = waker {
             waker.wake();
         }
     }
 
-    /// The connection task registers itself to be woken on changes.
+    /// The connection task registers itself to be woken on changes. The waker stays
+    /// registered for good, so the task need register again only if its waker changes.
     pub(crate) fn register(&self, waker: &Waker) {
         let mut slot = self.waker.lock().unwrap_or_else(|e| e.into_inner());
         match &*slot {

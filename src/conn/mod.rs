@@ -17,7 +17,7 @@ use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use hyper::server::conn::{http1, http2};
@@ -390,8 +390,16 @@ async fn drive<C: GracefulShutdown>(
     // HTTP/1: when the response being streamed must be cut unless the client takes more
     // (see `ResponseWatchdog` for HTTP/2).
     let mut response_cut: Option<Instant> = None;
+    // The waker registered with `watch` (the same at every poll but the first).
+    let mut registered: Option<Waker> = None;
     poll_fn(|cx: &mut Context<'_>| {
-        watch.register(cx.waker());
+        if !registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            watch.register(cx.waker());
+            registered = Some(cx.waker().clone());
+        }
         let mut begin_graceful = |reason: Option<&str>| {
             if !graceful {
                 graceful = true;

@@ -306,6 +306,8 @@ impl TimerQueue {
 pub(crate) struct Deadline {
     at: Instant,
     key: Option<TimerKey>,
+    /// The waker registered with `key`.
+    waker: Option<Waker>,
     queue: Arc<TimerQueue>,
 }
 
@@ -314,6 +316,7 @@ impl Deadline {
         Deadline {
             at,
             key: None,
+            waker: None,
             queue: queue.clone(),
         }
     }
@@ -348,7 +351,20 @@ impl Future for Deadline {
             }
             return Poll::Ready(());
         }
+        // Registered already, with this waker: nothing to do, and no lock to take (a
+        // connection polls its deadline at every poll). Its entry cannot have fired
+        // meanwhile: the queue fires a deadline only at an instant at or past it, and the
+        // clock never goes back, so a fired deadline is `Ready` above.
+        if this.key.is_some()
+            && this
+                .waker
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
         this.key = Some(this.queue.register(this.key, this.at, cx.waker()));
+        this.waker = Some(cx.waker().clone());
         Poll::Pending
     }
 }
@@ -513,7 +529,11 @@ mod tests {
             }
         });
         queue.fire_expired(now + Duration::from_millis(10));
-        assert_eq!(counter.0.load(Ordering::SeqCst), 1, "only the fresh one at `now`");
+        assert_eq!(
+            counter.0.load(Ordering::SeqCst),
+            1,
+            "only the fresh one at `now`"
+        );
         assert_eq!(queue.next_deadline(), Some(now + Duration::from_millis(50)));
         queue.fire_expired(now + Duration::from_millis(50));
         assert_eq!(counter.0.load(Ordering::SeqCst), 2);
