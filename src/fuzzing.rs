@@ -589,7 +589,7 @@ impl Harness {
             // As the reactor's leader does: complete requests' handlers run inline on this
             // thread right after the task polls, the others on the pool.
             let executor = &mut self.executor;
-            ended |= leader::poll_then_run_inline(&self.pool, || executor.run_ready()) > 0;
+            ended |= leader::poll_then_run_inline(&self.pool, || executor.run_ready()).ended > 0;
             if self.executor.has_ready() || self.handle.run_queue.has_work() {
                 rounds += 1;
                 assert!(

@@ -37,6 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::task::catch_first_wake;
 use super::Reactor;
 use crate::worker::{InlineRun, WorkerPool};
 
@@ -367,25 +368,28 @@ impl Leadership {
     fn lead(self: &Arc<Self>, mut reactor: Box<Reactor>, inline: bool) -> Led {
         // SAFETY: gettid has no preconditions and cannot fail.
         let thread = unsafe { libc::gettid() };
+        let run_queue = reactor.handle.run_queue.clone();
         let mut jobs: VecDeque<Deferred> = std::mem::take(&mut reactor.inline_jobs);
+        // What this thread's task polls defer into, lent to `DEFERRED` for each turn.
+        let mut deferral = inline.then(|| Deferral {
+            jobs: Vec::new(),
+            blocking_routes: self.blocking_routes.clone(),
+        });
+        // Voluntary context switches of this thread, read after each look at the sockets
+        // (a sleeping `poll` is one) and after each slow run: a slow run counts only if the
+        // thread blocked meanwhile (it switched out voluntarily), not if it was preempted.
+        let mut switches = (u64::MAX, 0);
         loop {
             if jobs.is_empty() {
-                if inline {
-                    DEFERRED.with(|d| {
-                        *d.borrow_mut() = Some(Deferral {
-                            jobs: std::mem::take(&mut reactor.deferred),
-                            blocking_routes: self.blocking_routes.clone(),
-                        })
-                    });
+                if deferral.is_some() {
+                    DEFERRED.with(|d| *d.borrow_mut() = deferral.take());
                 }
                 let finished = reactor.turn();
                 if inline {
-                    DEFERRED.with(|d| {
-                        if let Some(deferral) = d.borrow_mut().take() {
-                            reactor.deferred = deferral.jobs;
-                        }
-                    });
-                    jobs.extend(reactor.deferred.drain(..));
+                    deferral = DEFERRED.with(|d| d.borrow_mut().take());
+                    if let Some(deferral) = &mut deferral {
+                        jobs.extend(deferral.jobs.drain(..));
+                    }
                 }
                 if let Some(result) = finished {
                     // Jobs deferred in the last turn: their connections are gone with the
@@ -396,9 +400,9 @@ impl Leadership {
                 }
                 continue;
             }
-            // A slow run counts only if the thread blocked (a voluntary context switch), not
-            // if it was preempted: read once per batch, and again after a slow run.
-            let mut switches = voluntary_switches();
+            if switches.0 != reactor.looks {
+                switches = (reactor.looks, voluntary_switches());
+            }
             // One clock reading per job: a job's end is the next one's start (what lies
             // between is a few atomic operations, nothing against `BLOCKING_AFTER`).
             let mut started = Instant::now();
@@ -428,16 +432,20 @@ impl Leadership {
                 if self.monitor_parked.load(Ordering::SeqCst) {
                     self.wake_monitor();
                 }
-                if catch_unwind(AssertUnwindSafe(|| job(Some(place)))).is_err() {
-                    tracing::error!("a handler job panicked outside the handler");
-                }
+                // The task the job wakes (its connection, with the response) is polled
+                // next, ahead of the other ready tasks.
+                let woken = catch_first_wake(&run_queue, || {
+                    if catch_unwind(AssertUnwindSafe(|| job(Some(place)))).is_err() {
+                        tracing::error!("a handler job panicked outside the handler");
+                    }
+                });
                 let ended = Instant::now();
                 if ended.saturating_duration_since(started) >= BLOCKING_AFTER {
                     let now = voluntary_switches();
-                    if now > switches {
+                    if now > switches.1 {
                         self.blocking_routes.slow(route);
                     }
-                    switches = now;
+                    switches.1 = now;
                 }
                 started = ended;
                 // The reactor, if no follower took it — possibly put down by another thread
@@ -447,8 +455,14 @@ impl Leadership {
                     Some(PutDown { reactor: back, .. }) => {
                         reactor = back;
                         jobs = std::mem::take(&mut reactor.inline_jobs);
+                        if let Some(id) = woken {
+                            reactor.tasks.poll_next(id);
+                        }
                     }
                     None => {
+                        if let Some(id) = woken {
+                            id.push_to_run_queue();
+                        }
                         tracing::debug!("a handler blocked; another thread leads the reactor");
                         return Led::Lost;
                     }

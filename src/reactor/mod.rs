@@ -408,8 +408,8 @@ pub(crate) struct Reactor {
     /// Handler jobs the leader has yet to run inline (see [`leader`]); they travel with
     /// the reactor when another thread takes it over.
     inline_jobs: VecDeque<leader::Deferred>,
-    /// Scratch list that collects the jobs deferred during a turn.
-    deferred: Vec<leader::Deferred>,
+    /// How many times the reactor has looked at its sockets (`poll`) so far.
+    looks: u64,
 }
 
 impl Reactor {
@@ -452,7 +452,7 @@ impl Reactor {
             drain_deadline: None,
             events: Events::with_capacity(1024),
             inline_jobs: VecDeque::new(),
-            deferred: Vec::new(),
+            looks: 0,
         })
     }
 
@@ -479,9 +479,14 @@ impl Reactor {
     /// reactor has stopped.
     fn turn(&mut self) -> Option<io::Result<()>> {
         let turn_time = timer::TurnTime::start(Instant::now());
-        let ended = self.tasks.run_ready();
+        let ran = self.tasks.run_ready();
         drop(turn_time);
-        self.connections_ended(ended);
+        self.connections_ended(ran.ended);
+        if ran.deferred {
+            // The leader runs the handlers just deferred, then turns again: the tasks
+            // their responses wake first, then the rest of this turn's ready tasks.
+            return None;
+        }
         if self.drain_deadline.is_some() && self.connections == 0 {
             tracing::info!("all connections drained");
             return Some(Ok(()));
@@ -506,6 +511,7 @@ impl Reactor {
         } else {
             self.poll_timeout(now)
         };
+        self.looks += 1;
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
