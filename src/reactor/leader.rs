@@ -379,12 +379,14 @@ impl Leadership {
         // (a sleeping `poll` is one) and after each slow run: a slow run counts only if the
         // thread blocked meanwhile (it switched out voluntarily), not if it was preempted.
         let mut switches = (u64::MAX, 0);
+        // The clock as last read here (the end of the last job run), for the next turn.
+        let mut last_read: Option<Instant> = None;
         loop {
             if jobs.is_empty() {
                 if deferral.is_some() {
                     DEFERRED.with(|d| *d.borrow_mut() = deferral.take());
                 }
-                let finished = reactor.turn();
+                let finished = reactor.turn(last_read.take());
                 if inline {
                     deferral = DEFERRED.with(|d| d.borrow_mut().take());
                     if let Some(deferral) = &mut deferral {
@@ -448,6 +450,7 @@ impl Leadership {
                     switches.1 = now;
                 }
                 started = ended;
+                last_read = Some(ended);
                 // The reactor, if no follower took it — possibly put down by another thread
                 // that now runs a handler itself: this one is free, so it leads.
                 let back = lock(&self.available).take();

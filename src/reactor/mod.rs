@@ -477,8 +477,10 @@ impl Reactor {
     /// One turn of the event loop: polls ready tasks, then (unless they deferred handler
     /// jobs, which the leader runs first) waits for I/O, timers or wakes. `Some` once the
     /// reactor has stopped.
-    fn turn(&mut self) -> Option<io::Result<()>> {
-        let turn_time = timer::TurnTime::start(Instant::now());
+    ///
+    /// `now` is the clock as the caller just read it, if it did.
+    fn turn(&mut self, now: Option<Instant>) -> Option<io::Result<()>> {
+        let turn_time = timer::TurnTime::start(now.unwrap_or_else(Instant::now));
         let ran = self.tasks.run_ready();
         drop(turn_time);
         self.connections_ended(ran.ended);
