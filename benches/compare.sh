@@ -476,10 +476,10 @@ elapsed=$(($(date +%s) - started))
     echo
     echo "| Scenario | Unit | portcullis | peer | portcullis/peer | Target | Met | Server CPU % (portcullis / peer) |"
     echo "| --- | --- | ---: | ---: | ---: | --- | --- | --- |"
-    row h1 1 "HTTP/1.1 keep-alive hello (wrk -c64)" "req/s" ">=0.90" 0 cpu
+    row h1 1 "HTTP/1.1 keep-alive hello (wrk -c64)" "req/s" ">=0.95" 0 cpu
     row h1 2 "HTTP/1.1 keep-alive hello, p99 latency" "ms" "-" 2
     row h1 5 "HTTP/1.1 keep-alive hello, server CPU per request" "µs" "-" 1
-    row h2 1 "HTTP/2 hello (h2load -c16 -m10)" "req/s" ">=0.90" 0 cpu
+    row h2 1 "HTTP/2 hello (h2load -c16 -m10)" "req/s" ">=0.95" 0 cpu
     row h2 5 "HTTP/2 hello, server CPU per request" "µs" "-" 1
     row newconn 1 "New TLS connection per request (wrk -c16, Connection: close)" "conn/s" ">=0.95" 0 cpu
     row newconn 5 "New TLS connection, server CPU per connection" "µs" "<=1.05" 1
