@@ -6,9 +6,11 @@
 //! request. So the reactor (its `mio::Poll`, tasks and timers: the [`Reactor`]) is a token
 //! that one thread at a time holds, the *leader*. While the leader polls tasks, a request
 //! that is complete (no body, or a small body already read whole) is not sent to the pool:
-//! it is queued here ([`defer`]), and after the tasks' turn the leader runs it *outside*
-//! any task's poll — so a handler never runs inside the poll that feeds its body, and a
-//! streaming body never runs inline at all.
+//! it is queued here ([`defer`]), and as soon as that task poll returns the leader runs it
+//! *outside* any task's poll — so a handler never runs inside the poll that feeds its
+//! body, and a streaming body never runs inline at all. The task the handler wakes (its
+//! connection, with the response) is polled next, before the other ready tasks
+//! ([`catch_first_wake`]).
 //!
 //! Before it runs a handler, the leader puts the reactor down where a *monitor* thread can
 //! pick it up. While handlers run inline, a *monitor* thread looks at it now and then (as
@@ -56,15 +58,19 @@ const MONITOR_MAX_INTERVAL: Duration = Duration::from_millis(1);
 const MONITOR_IDLE_LOOKS: u32 = 100;
 
 /// A handler that ran inline longer than this, and blocked meanwhile (its thread switched
-/// out voluntarily, not preempted), is slow; a route slow twice within
+/// out voluntarily, not preempted), is slow; a route slow at two runs in a row within
 /// [`SLOW_AGAIN_WITHIN`] is marked as blocking (the monitor marks at once a route whose
 /// handler it had to take the reactor from).
 const BLOCKING_AFTER: Duration = MONITOR_INTERVAL;
 
-/// A single slow run may be a cold start (the first request of a route) or the thread
-/// preempted for a moment; a handler that really blocks is slow again at its next request.
-/// Marking a quick route on one slow run sent `wrk`'s hello requests to the pool for half a
-/// second of every run (p99 1.06 ms against the peer's 0.65).
+/// A single slow run may be a cold start (the first request of a route), the thread
+/// preempted for a moment, or a wait for a lock whose holder was preempted; a handler that
+/// really blocks is slow again at its next request. Marking a quick route on one slow run
+/// sent `wrk`'s hello requests to the pool for half a second of every run (p99 1.06 ms
+/// against the peer's 0.65); marking it on two slow runs within 100 ms with quick ones
+/// between still did, six times in six seconds, with two reactors and `wrk` sharing two
+/// CPUs (a leader waiting for the pool's lock while the other reactor, holding it, was
+/// preempted).
 const SLOW_AGAIN_WITHIN: Duration = Duration::from_millis(100);
 
 /// How long a route that blocked goes straight to the pool before it is tried inline again.
@@ -191,12 +197,22 @@ impl BlockingRoutes {
         self.until[route % self.until.len()].store(until, Ordering::Relaxed);
     }
 
-    /// A handler of `route` ran slow inline: marks the route if it did so lately already.
+    /// A handler of `route` ran slow inline: marks the route if its last run was slow too,
+    /// and lately.
     fn slow(&self, route: usize) {
         let now = self.millis_now();
         let last = self.slow_at[route % self.slow_at.len()].swap(now, Ordering::Relaxed);
         if last != 0 && now - last.min(now) <= SLOW_AGAIN_WITHIN.as_millis() as u64 {
             self.mark(route);
+        }
+    }
+
+    /// A handler of `route` ran quick inline: its next slow run is a first one again.
+    fn quick(&self, route: usize) {
+        let slow_at = &self.slow_at[route % self.slow_at.len()];
+        // Read first: the common case writes nothing to a line every reactor reads.
+        if slow_at.load(Ordering::Relaxed) != 0 {
+            slow_at.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -375,12 +391,14 @@ impl Leadership {
             jobs: Vec::new(),
             blocking_routes: self.blocking_routes.clone(),
         });
-        // Voluntary context switches of this thread, read after each look at the sockets
-        // (a sleeping `poll` is one) and after each slow run: a slow run counts only if the
-        // thread blocked meanwhile (it switched out voluntarily), not if it was preempted.
-        let mut switches = (u64::MAX, 0);
         // The clock as last read here (the end of the last job run), for the next turn.
         let mut last_read: Option<Instant> = None;
+        // Voluntary context switches of this thread, read after each look at the sockets
+        // (a sleeping `poll` is one) and after each slow run: a slow run counts only if the
+        // thread blocked since (it switched out voluntarily), not if it was preempted. (A
+        // wait for a contended lock in between counts too; `SLOW_AGAIN_WITHIN` asks for two
+        // slow runs in a row.) Read before every batch, it cost a system call per request.
+        let mut switches = (u64::MAX, 0);
         loop {
             if jobs.is_empty() {
                 if deferral.is_some() {
@@ -446,8 +464,12 @@ impl Leadership {
                     let now = voluntary_switches();
                     if now > switches.1 {
                         self.blocking_routes.slow(route);
+                    } else {
+                        self.blocking_routes.quick(route);
                     }
                     switches.1 = now;
+                } else {
+                    self.blocking_routes.quick(route);
                 }
                 started = ended;
                 last_read = Some(ended);
@@ -732,6 +754,22 @@ mod tests {
             !routes.blocks(route_of("/leader-test/other"))
                 || route_of("/leader-test/other") % 64 == route % 64
         );
+    }
+
+    #[test]
+    fn slow_runs_with_quick_ones_between_do_not_mark_a_route() {
+        let routes = BlockingRoutes::new();
+        let route = route_of("/leader-test/mostly-quick");
+        // A quick route now and then waits for a lock whose holder was preempted.
+        for _ in 0..3 {
+            routes.slow(route);
+            routes.quick(route);
+            routes.quick(route);
+        }
+        assert!(!routes.blocks(route));
+        routes.slow(route);
+        routes.slow(route);
+        assert!(routes.blocks(route), "slow at two runs in a row");
     }
 
     #[test]
