@@ -24,7 +24,7 @@
 //! this very server) stalls the other connections for at most about a millisecond, once: its
 //! route is then remembered as blocking and goes straight to the pool for
 //! [`BLOCKING_ROUTE_MEMORY`]. (A handler slower than [`BLOCKING_AFTER`] that blocked and
-//! that the monitor did not catch marks its route on its second slow run within
+//! that the monitor did not catch marks its route when its next run is slow too, within
 //! [`SLOW_AGAIN_WITHIN`].)
 //!
 //! When the blocked handler ends, its thread finds the reactor gone and becomes an idle
