@@ -126,7 +126,7 @@ pub(crate) fn defer(route: usize, job: InlineJob) -> Result<(), InlineJob> {
 }
 
 /// Whether task polls on this thread deferred jobs that the leader has yet to run: then
-/// the reactor must not sleep in `poll` before running them.
+/// the executor stops polling so that the leader runs them first (`Executor::run_ready`).
 pub(super) fn has_deferred() -> bool {
     DEFERRED.with(|deferred| {
         deferred

@@ -503,16 +503,13 @@ impl Reactor {
                 return Some(Ok(()));
             }
         }
-        // Handlers deferred by this turn's polls run as soon as it ends: no sleeping in
-        // `poll`, but a look at the sockets all the same. (Skipping the look starved every
-        // other connection, accepts and timers included, for as long as some connections
-        // kept deferring handlers: 50 connections pipelining requests they never read held
-        // new clients' handshakes for seconds.)
-        let timeout = if leader::has_deferred() {
-            Some(Duration::ZERO)
-        } else {
-            self.poll_timeout(now)
-        };
+        // No handler waits here: `run_ready` returns (above) after any poll that deferred
+        // one, and reaches this look at the sockets after at most `TASK_POLLS_PER_IO_CHECK`
+        // polls however many connections keep deferring handlers. (Skipping the look while
+        // handlers were deferred once starved every other connection, accepts and timers
+        // included: 50 connections pipelining requests they never read held new clients'
+        // handshakes for seconds.)
+        let timeout = self.poll_timeout(now);
         self.looks += 1;
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
