@@ -30,8 +30,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
 
     /// Time an HTTP/1 client has to send a complete request head, counted from the end of
-    /// the previous response (so it also closes idle keep-alive connections). On expiry the
-    /// connection is closed. Stops slowloris.
+    /// the previous response, or from the accept for the first request (so it also closes
+    /// idle keep-alive connections, and bounds handshake plus first head together, as
+    /// nginx does). On expiry the connection is closed. Stops slowloris.
     ///
     /// Default 30 s, as Kestrel (`RequestHeadersTimeout`) and hyper; nginx uses 60 s
     /// (`client_header_timeout`).
@@ -42,9 +43,8 @@ pub struct Limits {
     ///
     /// Default 75 s, as nginx (`keepalive_timeout`); Kestrel uses 130 s, Go its read
     /// timeout. For HTTP/1 the [`request_header_timeout`](Limits::request_header_timeout)
-    /// also runs while a keep-alive connection waits for its next request (hyper arms it
-    /// as soon as it starts waiting for a head), so an idle HTTP/1 connection closes after
-    /// the shorter of the two.
+    /// also runs while a keep-alive connection waits for its next request, so an idle
+    /// HTTP/1 connection closes after the shorter of the two.
     pub idle_timeout: Duration,
 
     /// Longest pause allowed while a request body is expected from the client (time the

@@ -465,6 +465,102 @@ fn trickled_request_head_is_closed_at_the_header_deadline() {
     stop(handle);
 }
 
+/// The header deadline of a keep-alive connection runs from the end of the previous
+/// response: a second head trickled in after it is cut at that deadline, however recently
+/// its last byte came.
+#[test]
+fn second_request_head_trickled_on_a_keep_alive_connection_is_closed_at_the_header_deadline() {
+    let mut limits = Limits::default();
+    limits.request_header_timeout = Duration::from_secs(1);
+    limits.idle_timeout = Duration::from_secs(10);
+    let handle = spawn_limited(limits, ok_handler);
+    let addr = addr(&handle);
+    block_on(async move {
+        let stream = tls_connect(addr, ALPN_H1).await.expect("TLS connect");
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        writer
+            .write_all(b"GET /one HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("write the first request");
+        let mut first = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !first.ends_with(b"ok /one") {
+            let n = within(
+                Duration::from_secs(5),
+                "the first response",
+                reader.read(&mut buf),
+            )
+            .await
+            .expect("read the first response");
+            assert!(n > 0, "closed before the first response: {first:?}");
+            first.extend_from_slice(&buf[..n]);
+        }
+        let answered = Instant::now();
+        assert_eq!(status_of(&first), Some(200), "{}", head_of(&first));
+        let trickle = tokio::spawn(async move {
+            let head = b"GET /two HTTP/1.1\r\nHost: localhost\r\nX-a: ".iter();
+            for &byte in head.chain(std::iter::repeat(&b'a')).take(60) {
+                if writer.write_all(&[byte]).await.is_err() || writer.flush().await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        let closed = read_until_closed(&mut reader, Duration::from_secs(6), "the close").await;
+        let elapsed = closed.at - answered;
+        trickle.abort();
+        eprintln!(
+            "second head trickled: closed {elapsed:?} after the first response ({}), server sent {:?}",
+            closed.how,
+            head_of(&closed.received)
+        );
+        assert!(
+            elapsed >= Duration::from_millis(800),
+            "closed {elapsed:?} after the first response, before the 1 s header timeout"
+        );
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "closed only {elapsed:?} after the first response with a 1 s header timeout"
+        );
+        assert!(
+            closed.received.is_empty() || status_of(&closed.received) == Some(408),
+            "no answer but a 408 to a head that never ended: {}",
+            head_of(&closed.received)
+        );
+    });
+    stop(handle);
+}
+
+/// The request header deadline is HTTP/1's: an HTTP/2 connection, whose requests are
+/// framed, stays open past it while idle, up to the idle timeout.
+#[test]
+fn http2_connection_is_not_held_to_the_http1_header_deadline() {
+    let mut limits = Limits::default();
+    limits.request_header_timeout = Duration::from_secs(1);
+    limits.idle_timeout = Duration::from_secs(10);
+    let handle = spawn_limited(limits, ok_handler);
+    let addr = addr(&handle);
+    block_on(async move {
+        let mut client = Client::connect_tls(addr, Version::HTTP_2).await;
+        assert_eq!(
+            client.get("/one").await.expect("GET").status,
+            StatusCode::OK
+        );
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(
+            !client.is_closed(),
+            "HTTP/2 connection closed at the header timeout"
+        );
+        let reply = client
+            .get("/two")
+            .await
+            .expect("GET on the same connection");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(&reply.body[..], b"ok /two");
+    });
+    stop(handle);
+}
+
 // ---------------------------------------------------------------------------------------
 // 4: idle keep-alive connections
 // ---------------------------------------------------------------------------------------

@@ -71,8 +71,10 @@ impl ServerContext {
     ) -> ServerContext {
         let timer = ReactorTimer::new(reactor.timers.clone());
         let mut h1 = http1::Builder::new();
+        // hyper's header timer (on by default) would allocate, register and cancel a
+        // deadline for every request; `drive` holds the request head to its deadline instead.
         h1.timer(timer.clone())
-            .header_read_timeout(limits.request_header_timeout)
+            .header_read_timeout(None)
             .max_header_size(limits.max_request_header_bytes)
             .keep_alive(true);
         if limits.max_request_headers != HYPER_DEFAULT_MAX_HEADERS {
@@ -265,11 +267,12 @@ async fn run<S: Socket>(ctx: Arc<ServerContext>, socket: S, peer: SocketAddr, lo
     let end = match protocol {
         Protocol::Http1 => {
             let connection = ctx.http1.serve_connection(transport, dispatch);
-            drive(&ctx, &watch, Box::pin(connection)).await
+            let header_timeout = Some(ctx.limits.request_header_timeout);
+            drive(&ctx, &watch, header_timeout, Box::pin(connection)).await
         }
         Protocol::Http2 => {
             let connection = ctx.http2.serve_connection(transport, dispatch);
-            drive(&ctx, &watch, Box::pin(connection)).await
+            drive(&ctx, &watch, None, Box::pin(connection)).await
         }
     };
     match end {
@@ -360,6 +363,7 @@ enum End {
 #[derive(Clone, Copy)]
 enum Next {
     Idle,
+    Header,
     SendStalled,
     ResponseTooSlow,
     CloseGrace,
@@ -372,6 +376,11 @@ enum Next {
 ///   once); the reactor's drain timeout bounds it;
 /// - idle timeout: no request in flight for [`Limits::idle_timeout`] → graceful close,
 ///   cut after [`CLOSE_GRACE`];
+/// - request header timeout (HTTP/1, `header_timeout`): no complete request head within
+///   [`Limits::request_header_timeout`] of the end of the previous response (of the
+///   accept, for the first request) → cut, as nginx's `client_header_timeout`. Counted
+///   from the same instant as the idle timeout, so a keep-alive connection costs no timer
+///   work per request (hyper's own header timer would register and cancel one each time);
 /// - send timeout: writes stalled on a full socket for [`Limits::send_timeout`] → cut;
 /// - aborts requested by request bodies (too slow) and workers (client not reading) → cut;
 ///   too many handlers for one HTTP/2 connection, or more requests reset than finished
@@ -379,6 +388,7 @@ enum Next {
 async fn drive<C: GracefulShutdown>(
     ctx: &ServerContext,
     watch: &ConnectionWatch,
+    header_timeout: Option<Duration>,
     // Boxed: moved by value, hyper's connection would take its size twice over in this
     // future (the caller's slot and this one's), which every idle connection pays for.
     mut connection: Pin<Box<C>>,
@@ -442,9 +452,12 @@ async fn drive<C: GracefulShutdown>(
                     next = Some((at, what));
                 }
             };
-            if !graceful {
-                if let Some(since) = watch.idle_since() {
+            if let Some(since) = watch.idle_since() {
+                if !graceful {
                     consider(since + ctx.limits.idle_timeout, Next::Idle);
+                }
+                if let Some(timeout) = header_timeout {
+                    consider(since + timeout, Next::Header);
                 }
             }
             if let Some(since) = watch.write_stalled_since() {
@@ -471,6 +484,11 @@ async fn drive<C: GracefulShutdown>(
                             return Poll::Ready(End::Closed(result));
                         }
                         continue;
+                    }
+                    Next::Header => {
+                        return Poll::Ready(End::Cut(
+                            "request header timeout: no complete request head in time",
+                        ))
                     }
                     Next::SendStalled => {
                         return Poll::Ready(End::Cut("send timeout: the client stopped reading"))

@@ -27,7 +27,7 @@
 #   cut       the server closed them at the documented bound (src/limits.rs defaults) within
 #             +-10 %, plus the tool's 1 s sampling for slowhttptest: slowloris at
 #             request_header_timeout, slow body at min_rate_grace (the 240 B/s rule),
-#             slow read at request_header_timeout (hyper's header timer runs while an HTTP/1
+#             slow read at request_header_timeout (the header deadline runs while an HTTP/1
 #             connection waits for its next request), silent TCP at handshake_timeout
 #   cpu       the server's average CPU over the attack (utime+stime from /proc/PID/stat)
 #             stayed under ATTACK_CPU_LIMIT percent of one core
