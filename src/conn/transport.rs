@@ -43,6 +43,12 @@ pub(crate) trait Socket: Read + Write + Send + Unpin + 'static {
 
     /// The connection serves HTTP: the reactor may close it when idle to make room.
     fn set_evictable(&self, _watch: Arc<ConnectionWatch>) {}
+
+    /// `false` when a read would surely answer `WouldBlock` (the reactor knows the socket
+    /// is empty): the TLS read path then skips rustls' buffer work and the error.
+    fn may_read(&self) -> bool {
+        true
+    }
 }
 
 impl Socket for ReadyStream {
@@ -52,6 +58,10 @@ impl Socket for ReadyStream {
 
     fn set_evictable(&self, watch: Arc<ConnectionWatch>) {
         ReadyStream::set_evictable(self, watch);
+    }
+
+    fn may_read(&self) -> bool {
+        ReadyStream::may_read(self)
     }
 }
 
@@ -361,7 +371,12 @@ impl<S: Socket> Transport<S> {
                     Err(io::ErrorKind::UnexpectedEof.into())
                 });
             }
-            match tls.read_tls(&mut this.socket) {
+            let read = if this.socket.may_read() {
+                tls.read_tls(&mut this.socket)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+            match read {
                 Ok(0) => peer_closed = true,
                 Ok(_) => {
                     if let Err(error) = tls.process_new_packets() {

@@ -213,6 +213,13 @@ impl io::Write for ReadyStream {
 }
 
 impl ReadyStream {
+    /// Whether a read may find data: `false` once a read found the socket empty, until the
+    /// reactor sees it readable again (a read then answers `WouldBlock` without a system
+    /// call).
+    pub(crate) fn may_read(&self) -> bool {
+        self.readiness.readable.load(Ordering::Acquire)
+    }
+
     /// The connection serves HTTP now: the reactor may close it when idle to make room.
     pub(crate) fn set_evictable(&self, evictable: Arc<dyn Evictable>) {
         let _ = self.readiness.evictable.set(evictable);
