@@ -195,7 +195,8 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
         crate::reactor::coop::spend(crate::reactor::coop::REQUEST_COST);
         let (parts, incoming) = request.into_parts();
         let mut log = AccessLog::new(&parts, &self.info, self.watch.request_started());
-        if let Some(problem) = malformed(&parts) {
+        let bodiless = http_body::Body::is_end_stream(&incoming);
+        if let Some(problem) = malformed(&parts, bodiless) {
             // As nginx and Go do; answered here, no worker involved.
             tracing::info!(problem, "bad request");
             log.status = StatusCode::BAD_REQUEST;
@@ -240,7 +241,7 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
             self.watch.abort(AbortReason::TooManyHandlers);
             return self.ready(Outcome::Refused(Some(log)));
         }
-        if http_body::Body::is_end_stream(&incoming) {
+        if bodiless {
             let request = http::Request::from_parts(parts, Body::empty());
             return self.waiting(self.submit(request, log, running, true));
         }
@@ -282,8 +283,12 @@ impl hyper::service::Service<http::Request<Incoming>> for Dispatch {
 /// one `Host` header in an HTTP/1.1 request; §6.1 and §6.3 make any `Transfer-Encoding`
 /// but one final `chunked` a framing error, and portcullis (as Go) accepts no coding but
 /// `chunked`, so that two parsers can never disagree on where the body ends.
-fn malformed(parts: &http::request::Parts) -> Option<&'static str> {
-    if parts.version <= http::Version::HTTP_11 {
+///
+/// `bodiless`: hyper found no body. It reads a body whenever `Transfer-Encoding` is
+/// present (and refuses the request when the last coding is not `chunked`, or on
+/// HTTP/1.0), so a bodiless request has no such header and the lookup is skipped.
+fn malformed(parts: &http::request::Parts, bodiless: bool) -> Option<&'static str> {
+    if parts.version <= http::Version::HTTP_11 && !bodiless {
         let mut codings = parts
             .headers
             .get_all(http::header::TRANSFER_ENCODING)
