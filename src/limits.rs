@@ -30,9 +30,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
 
     /// Time an HTTP/1 client has to send a complete request head, counted from the end of
-    /// the previous response, or from the accept for the first request (so it also closes
-    /// idle keep-alive connections, and bounds handshake plus first head together, as
-    /// nginx does). On expiry the connection is closed. Stops slowloris.
+    /// the previous response, or from the end of the TLS handshake for the first request
+    /// (so it also closes idle keep-alive connections). On expiry the connection is
+    /// closed. Stops slowloris.
     ///
     /// Default 30 s, as Kestrel (`RequestHeadersTimeout`) and hyper; nginx uses 60 s
     /// (`client_header_timeout`).

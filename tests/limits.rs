@@ -531,6 +531,51 @@ fn second_request_head_trickled_on_a_keep_alive_connection_is_closed_at_the_head
     stop(handle);
 }
 
+/// The header deadline of the first request counts from the end of the handshake, not
+/// from the accept: a client slow to start its handshake (within the handshake timeout)
+/// still gets its whole header time.
+#[test]
+fn first_request_head_gets_its_header_time_after_a_slow_handshake() {
+    let mut limits = Limits::default();
+    limits.request_header_timeout = Duration::from_secs(1);
+    limits.handshake_timeout = Duration::from_secs(10);
+    let handle = spawn_limited(limits, ok_handler);
+    let addr = addr(&handle);
+    block_on(async move {
+        let tcp = tcp(addr).await.expect("TCP connect");
+        // Longer than the header timeout, shorter than the handshake timeout.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let name = ServerName::try_from("localhost").expect("server name");
+        let mut stream = within(
+            Duration::from_secs(5),
+            "the handshake",
+            TlsConnector::from(client_config(ALPN_H1)).connect(name, tcp),
+        )
+        .await
+        .expect("TLS handshake after the pause");
+        // Half the header time passes before the request goes out.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stream
+            .write_all(b"GET /late HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write the request");
+        let closed = read_until_closed(&mut stream, Duration::from_secs(5), "the response").await;
+        assert_eq!(
+            status_of(&closed.received),
+            Some(200),
+            "{} ({})",
+            head_of(&closed.received),
+            closed.how
+        );
+        assert!(
+            closed.received.ends_with(b"ok /late"),
+            "{:?}",
+            closed.received
+        );
+    });
+    stop(handle);
+}
+
 /// The request header deadline is HTTP/1's: an HTTP/2 connection, whose requests are
 /// framed, stays open past it while idle, up to the idle timeout.
 #[test]

@@ -160,6 +160,14 @@ impl ConnectionWatch {
         }
     }
 
+    /// The connection is ready for its first request (handshake done): its idle and
+    /// request header deadlines count from now, as nginx's `client_header_timeout` starts
+    /// after `ssl_handshake_timeout`.
+    pub(crate) fn ready_for_requests(&self) {
+        let now = self.nanos(self.clock.now());
+        self.idle_since.store(now, Ordering::Release);
+    }
+
     /// When the connection became idle (no request in flight), if it is idle.
     pub(crate) fn idle_since(&self) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {

@@ -261,6 +261,7 @@ async fn run<S: Socket>(ctx: Arc<ServerContext>, socket: S, peer: SocketAddr, lo
         return;
     };
     tracing::Span::current().record("protocol", tracing::field::display(protocol));
+    watch.ready_for_requests();
     transport.set_evictable(watch.clone());
     let info = ConnectionInfo::new(addrs, local, protocol, transport.tls(), ctx.reactor.index);
     let dispatch = Dispatch::new(ctx.clone(), info, watch.clone());
@@ -378,7 +379,7 @@ enum Next {
 ///   cut after [`CLOSE_GRACE`];
 /// - request header timeout (HTTP/1, `header_timeout`): no complete request head within
 ///   [`Limits::request_header_timeout`] of the end of the previous response (of the
-///   accept, for the first request) → cut, as nginx's `client_header_timeout`. Counted
+///   handshake, for the first request) → cut, as nginx's `client_header_timeout`. Counted
 ///   from the same instant as the idle timeout, so a keep-alive connection costs no timer
 ///   work per request (hyper's own header timer would register and cancel one each time);
 /// - send timeout: writes stalled on a full socket for [`Limits::send_timeout`] → cut;
