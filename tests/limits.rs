@@ -418,6 +418,27 @@ fn partial_client_hello_is_closed_at_the_handshake_deadline() {
 // 3: slowloris headers
 // ---------------------------------------------------------------------------------------
 
+/// Sends a request head for `path` that never ends (a header line growing forever), one
+/// byte every 100 ms, `bytes` bytes at most; the task answers how many went out before
+/// the server closed.
+fn trickle_head<W>(mut writer: W, path: &str, bytes: usize) -> tokio::task::JoinHandle<usize>
+where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nX-a: ").into_bytes();
+    tokio::spawn(async move {
+        let mut sent = 0usize;
+        for byte in head.into_iter().chain(std::iter::repeat(b'a')).take(bytes) {
+            if writer.write_all(&[byte]).await.is_err() || writer.flush().await.is_err() {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sent
+    })
+}
+
 #[test]
 fn trickled_request_head_is_closed_at_the_header_deadline() {
     let mut limits = Limits::default();
@@ -427,19 +448,8 @@ fn trickled_request_head_is_closed_at_the_header_deadline() {
     block_on(async move {
         let stream = tls_connect(addr, ALPN_H1).await.expect("TLS connect");
         let started = Instant::now();
-        let (mut reader, mut writer) = tokio::io::split(stream);
-        let trickle = tokio::spawn(async move {
-            let head = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-a: ".iter();
-            let mut sent = 0usize;
-            for &byte in head.chain(std::iter::repeat(&b'a')).take(80) {
-                if writer.write_all(&[byte]).await.is_err() || writer.flush().await.is_err() {
-                    break;
-                }
-                sent += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            sent
-        });
+        let (mut reader, writer) = tokio::io::split(stream);
+        let trickle = trickle_head(writer, "/", 80);
         let closed = read_until_closed(&mut reader, Duration::from_secs(6), "the close").await;
         let elapsed = closed.at - started;
         let sent = within(Duration::from_secs(10), "the trickle", trickle)
@@ -497,15 +507,7 @@ fn second_request_head_trickled_on_a_keep_alive_connection_is_closed_at_the_head
         }
         let answered = Instant::now();
         assert_eq!(status_of(&first), Some(200), "{}", head_of(&first));
-        let trickle = tokio::spawn(async move {
-            let head = b"GET /two HTTP/1.1\r\nHost: localhost\r\nX-a: ".iter();
-            for &byte in head.chain(std::iter::repeat(&b'a')).take(60) {
-                if writer.write_all(&[byte]).await.is_err() || writer.flush().await.is_err() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
+        let trickle = trickle_head(writer, "/two", 60);
         let closed = read_until_closed(&mut reader, Duration::from_secs(6), "the close").await;
         let elapsed = closed.at - answered;
         trickle.abort();
