@@ -439,11 +439,45 @@ where
     })
 }
 
-#[test]
-fn trickled_request_head_is_closed_at_the_header_deadline() {
+/// A server whose HTTP/1 request header timeout (1 s) is far shorter than its idle and
+/// handshake timeouts (10 s), so that only the header deadline can close a connection
+/// within the tests below.
+fn header_deadline_server() -> ServerHandle {
     let mut limits = Limits::default();
     limits.request_header_timeout = Duration::from_secs(1);
-    let handle = spawn_limited(limits, ok_handler);
+    limits.idle_timeout = Duration::from_secs(10);
+    limits.handshake_timeout = Duration::from_secs(10);
+    spawn_limited(limits, ok_handler)
+}
+
+/// The connection closed at the 1 s header deadline counted from `since` (before `within`
+/// had passed), with no answer but, at most, a `408`.
+fn assert_cut_at_header_deadline(closed: &Closed, since: Instant, within: Duration, what: &str) {
+    let elapsed = closed.at - since;
+    eprintln!(
+        "closed {elapsed:?} after {what} ({}), server sent {:?}",
+        closed.how,
+        head_of(&closed.received)
+    );
+    assert!(
+        elapsed >= Duration::from_millis(800),
+        "closed {elapsed:?} after {what}, before the 1 s header timeout"
+    );
+    assert!(
+        elapsed < within,
+        "closed only {elapsed:?} after {what} with a 1 s header timeout"
+    );
+    assert!(
+        closed.received.is_empty() || status_of(&closed.received) == Some(408),
+        "no answer but a 408 to a head that never ended: {} ({})",
+        head_of(&closed.received),
+        closed.how
+    );
+}
+
+#[test]
+fn trickled_request_head_is_closed_at_the_header_deadline() {
+    let handle = header_deadline_server();
     let addr = addr(&handle);
     block_on(async move {
         let stream = tls_connect(addr, ALPN_H1).await.expect("TLS connect");
@@ -451,26 +485,11 @@ fn trickled_request_head_is_closed_at_the_header_deadline() {
         let (mut reader, writer) = tokio::io::split(stream);
         let trickle = trickle_head(writer, "/", 80);
         let closed = read_until_closed(&mut reader, Duration::from_secs(6), "the close").await;
-        let elapsed = closed.at - started;
         let sent = within(Duration::from_secs(10), "the trickle", trickle)
             .await
             .expect("trickle task");
-        eprintln!(
-            "trickled head: closed after {elapsed:?} ({}), {sent} bytes sent, server sent {:?}",
-            closed.how,
-            head_of(&closed.received)
-        );
-        assert!(
-            elapsed >= Duration::from_millis(800),
-            "closed after {elapsed:?}, before the 1 s header timeout"
-        );
-        assert!(
-            elapsed < Duration::from_secs(4),
-            "closed only after {elapsed:?} with a 1 s header timeout"
-        );
-        if !closed.received.is_empty() {
-            assert_eq!(status_of(&closed.received), Some(408), "{}", closed.how);
-        }
+        eprintln!("trickled head: {sent} bytes sent");
+        assert_cut_at_header_deadline(&closed, started, Duration::from_secs(4), "the connect");
     });
     stop(handle);
 }
@@ -480,10 +499,7 @@ fn trickled_request_head_is_closed_at_the_header_deadline() {
 /// its last byte came.
 #[test]
 fn second_request_head_trickled_on_a_keep_alive_connection_is_closed_at_the_header_deadline() {
-    let mut limits = Limits::default();
-    limits.request_header_timeout = Duration::from_secs(1);
-    limits.idle_timeout = Duration::from_secs(10);
-    let handle = spawn_limited(limits, ok_handler);
+    let handle = header_deadline_server();
     let addr = addr(&handle);
     block_on(async move {
         let stream = tls_connect(addr, ALPN_H1).await.expect("TLS connect");
@@ -509,25 +525,12 @@ fn second_request_head_trickled_on_a_keep_alive_connection_is_closed_at_the_head
         assert_eq!(status_of(&first), Some(200), "{}", head_of(&first));
         let trickle = trickle_head(writer, "/two", 60);
         let closed = read_until_closed(&mut reader, Duration::from_secs(6), "the close").await;
-        let elapsed = closed.at - answered;
         trickle.abort();
-        eprintln!(
-            "second head trickled: closed {elapsed:?} after the first response ({}), server sent {:?}",
-            closed.how,
-            head_of(&closed.received)
-        );
-        assert!(
-            elapsed >= Duration::from_millis(800),
-            "closed {elapsed:?} after the first response, before the 1 s header timeout"
-        );
-        assert!(
-            elapsed < Duration::from_secs(3),
-            "closed only {elapsed:?} after the first response with a 1 s header timeout"
-        );
-        assert!(
-            closed.received.is_empty() || status_of(&closed.received) == Some(408),
-            "no answer but a 408 to a head that never ended: {}",
-            head_of(&closed.received)
+        assert_cut_at_header_deadline(
+            &closed,
+            answered,
+            Duration::from_secs(3),
+            "the first response",
         );
     });
     stop(handle);
@@ -538,10 +541,7 @@ fn second_request_head_trickled_on_a_keep_alive_connection_is_closed_at_the_head
 /// still gets its whole header time.
 #[test]
 fn first_request_head_gets_its_header_time_after_a_slow_handshake() {
-    let mut limits = Limits::default();
-    limits.request_header_timeout = Duration::from_secs(1);
-    limits.handshake_timeout = Duration::from_secs(10);
-    let handle = spawn_limited(limits, ok_handler);
+    let handle = header_deadline_server();
     let addr = addr(&handle);
     block_on(async move {
         let tcp = tcp(addr).await.expect("TCP connect");
@@ -582,10 +582,7 @@ fn first_request_head_gets_its_header_time_after_a_slow_handshake() {
 /// framed, stays open past it while idle, up to the idle timeout.
 #[test]
 fn http2_connection_is_not_held_to_the_http1_header_deadline() {
-    let mut limits = Limits::default();
-    limits.request_header_timeout = Duration::from_secs(1);
-    limits.idle_timeout = Duration::from_secs(10);
-    let handle = spawn_limited(limits, ok_handler);
+    let handle = header_deadline_server();
     let addr = addr(&handle);
     block_on(async move {
         let mut client = Client::connect_tls(addr, Version::HTTP_2).await;
