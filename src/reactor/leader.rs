@@ -187,9 +187,20 @@ impl BlockingRoutes {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
+    /// Whether `route` is marked. A mark found expired is cleared, so that the check of a
+    /// route not marked since (the common case, twice per request) reads no clock.
     fn blocks(&self, route: usize) -> bool {
-        let until = self.until[route % self.until.len()].load(Ordering::Relaxed);
-        until != 0 && self.millis_now() < until
+        let slot = &self.until[route % self.until.len()];
+        let until = slot.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if self.millis_now() < until {
+            return true;
+        }
+        // Unless another reactor marked it again meanwhile.
+        let _ = slot.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
     }
 
     fn mark(&self, route: usize) {
@@ -754,6 +765,20 @@ mod tests {
             !routes.blocks(route_of("/leader-test/other"))
                 || route_of("/leader-test/other") % 64 == route % 64
         );
+    }
+
+    #[test]
+    fn an_expired_mark_is_forgotten() {
+        let routes = BlockingRoutes::new();
+        let route = route_of("/leader-test/expired");
+        let slot = &routes.until[route % routes.until.len()];
+        // Marked until the epoch's first millisecond: long past.
+        slot.store(1, Ordering::Relaxed);
+        assert!(!routes.blocks(route));
+        assert_eq!(slot.load(Ordering::Relaxed), 0, "the expired mark stayed");
+        routes.mark(route);
+        assert!(routes.blocks(route));
+        assert_ne!(slot.load(Ordering::Relaxed), 0, "a live mark was cleared");
     }
 
     #[test]
