@@ -7,7 +7,8 @@
 #   QUICK=1 bash benches/compare.sh         # every scenario once, 3 s loads (smoke test)
 #
 # Environment:
-#   ROUNDS        rounds per scenario and server (default 3; the table shows medians)
+#   ROUNDS        rounds per scenario and server (default 3; the table shows each side's
+#                 median, and the median of the rounds' portcullis/peer ratios)
 #   SECONDS       length of each load in seconds (default 10; LOAD_SECONDS is the same)
 #   QUICK=1       ROUNDS=1 and 3 s loads
 #   SCENARIOS     space-separated subset of: h1 h2 newconn idle sleep upload_h1 upload_h2
@@ -438,6 +439,22 @@ median() {
             print m
         }'
 }
+# paired_ratio FILE_A FILE_B COLUMN: the median over the rounds of A's figure / B's figure
+# in the same round. A round runs the two servers back to back, so each of its ratios
+# compares them on the machine as it was then; the medians of each side alone may come
+# from different rounds, and a slow spell of this shared machine during one server's
+# round then shows as a difference between the servers.
+paired_ratio() {
+    paste -d' ' <(awk -v c="$3" '{print $c}' "$1") <(awk -v c="$3" '{print $c}' "$2") |
+        awk '$1 != "-" && $2 != "-" && $1 != "" && $2 != "" && $2 + 0 != 0 { print $1 / $2 }' |
+        sort -g | awk '
+        {v[NR] = $1}
+        END {
+            if (NR == 0) { print "-"; exit }
+            if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2
+            printf "%.2f\n", m
+        }'
+}
 # total FILE COLUMN: the sum of that column over the rounds (errors).
 total() { awk -v c="$2" '{n += $c} END {print n + 0}' "$1"; }
 
@@ -447,7 +464,7 @@ row() { # scenario column label unit target(>=x | <=x | -) decimals [cpu]
     [[ -f "$OUT/results/$scenario.$ours" && -f "$OUT/results/$scenario.peer" ]] || return 0
     a=$(median "$OUT/results/$scenario.$ours" "$col")
     b=$(median "$OUT/results/$scenario.peer" "$col")
-    ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }')
+    ratio=$(paired_ratio "$OUT/results/$scenario.$ours" "$OUT/results/$scenario.peer" "$col")
     met=$(awk -v r="$ratio" -v t="$target" 'BEGIN {
         if (t == "-" || r == "-") { print ""; exit }
         op = substr(t, 1, 2); x = substr(t, 3) + 0
@@ -472,7 +489,7 @@ row() { # scenario column label unit target(>=x | <=x | -) decimals [cpu]
 elapsed=$(($(date +%s) - started))
 {
     echo
-    echo "Medians of $ROUNDS round(s), ${LOAD_SECS} s loads; server on CPU $SERVER_CPU, load generator on CPU $LOAD_CPU."
+    echo "Medians of $ROUNDS round(s), ${LOAD_SECS} s loads; server on CPU $SERVER_CPU, load generator on CPU $LOAD_CPU. portcullis/peer: the median of the rounds' ratios (each round runs both servers back to back), not the ratio of the medians."
     echo
     echo "| Scenario | Unit | portcullis | peer | portcullis/peer | Target | Met | Server CPU % (portcullis / peer) |"
     echo "| --- | --- | ---: | ---: | ---: | --- | --- | --- |"
