@@ -1,16 +1,23 @@
 //! The examples' logging, as a user sees it in a log file: plain text (no ANSI colour
 //! codes when stderr is not a terminal), one access line per request with its fields, and
-//! every line written out by the time the process exits after SIGTERM.
+//! every line written out by the time the process exits after SIGTERM. And the request
+//! span: off at `info`, on with `portcullis::request=debug`.
 
 mod common;
 mod tlsutil;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::*;
+use hyper::Version;
+use portcullis::{Body, Response};
 use tlsutil::*;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
 
 #[test]
 fn hello_logs_plain_access_lines_with_every_field() {
@@ -94,4 +101,79 @@ fn hello_logs_plain_access_lines_with_every_field() {
         }
     }
     assert!(log.contains("shutting down gracefully"), "{log}");
+}
+
+/// What this process logged (the one test here that logs in-process installs the
+/// subscriber).
+static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.get_or_init(Default::default)
+            .lock()
+            .unwrap()
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Waits (bounded) for the log line that contains `needle`.
+fn wait_for_line(needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let text = String::from_utf8_lossy(&LOGS.get_or_init(Default::default).lock().unwrap())
+            .into_owned();
+        if let Some(line) = text.lines().find(|line| line.contains(needle)) {
+            return line.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no log line with {needle:?} in:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn request_span_is_off_at_info_and_names_the_request_at_debug() {
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(|| Capture),
+        )
+        .init();
+    let server = spawn_tls(|req, _info| {
+        tracing::info!(target: "handler", "handled {}", req.uri().path());
+        Response::new(Body::from("ok\n"))
+    });
+    let addr = addr(&server);
+
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let path = format!("/at-info-{version:?}");
+        assert_eq!(block_on(get_tls(addr, version, &path)).status, 200);
+        let line = wait_for_line(&format!("handled {path}"));
+        assert!(!line.contains("request{"), "a request span at info: {line}");
+    }
+
+    reload
+        .modify(|filter| *filter = EnvFilter::new("info,portcullis::request=debug"))
+        .expect("reload the filter");
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let path = format!("/at-debug-{version:?}");
+        assert_eq!(block_on(get_tls(addr, version, &path)).status, 200);
+        let line = wait_for_line(&format!("handled {path}"));
+        assert!(
+            line.contains(&format!("request{{method=GET path=\"{path}\"}}")),
+            "no request span naming the request: {line}"
+        );
+    }
+    stop(server);
 }
