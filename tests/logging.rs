@@ -101,6 +101,34 @@ fn hello_logs_plain_access_lines_with_every_field() {
         }
     }
     assert!(log.contains("shutting down gracefully"), "{log}");
+    // The access lines are formatted apart from the rest (examples/support/log_format.rs)
+    // and must read as the rest do: `2026-11-30T23:18:40.760311Z  INFO conn{...}: ...`,
+    // their time between that of the line before the requests and that of the one after.
+    let time = |line: &str| line.split(' ').next().unwrap_or_default().to_string();
+    let before = log
+        .lines()
+        .find(|line| line.contains("listening"))
+        .map(time)
+        .unwrap_or_else(|| panic!("no listening line:\n{log}"));
+    let after = log
+        .lines()
+        .find(|line| line.contains("shutting down gracefully"))
+        .map(time)
+        .unwrap_or_default();
+    for line in &access {
+        let at = time(line);
+        assert_eq!(at.len(), before.len(), "{line:?} against {before:?}");
+        assert_eq!(&at[at.len() - 8..at.len() - 7], ".", "{line:?}");
+        assert!(
+            before <= at && at <= after,
+            "{at} not between {before} and {after}"
+        );
+        assert!(
+            line[at.len()..].starts_with("  INFO conn{peer=127.0.0.1:"),
+            "{line:?}"
+        );
+        assert!(line.contains("}: portcullis::access: client="), "{line:?}");
+    }
 }
 
 /// What this process logged (the one test here that logs in-process installs the

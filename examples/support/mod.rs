@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+mod log_format;
 mod log_writer;
 
 use portcullis::{
@@ -277,9 +278,11 @@ pub fn init_logging() -> log_writer::FlushGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = log_writer::buffered_stderr();
+    let ansi = std::io::stderr().is_terminal();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(ansi)
+        .event_format(log_format::LineFormat::new(ansi))
         .with_writer(move || writer.clone())
         .init();
     guard
