@@ -390,9 +390,13 @@ for scenario in $SCENARIOS; do
                 other_s=$(percent "$((sbusy1 - sbusy0 - (srv1 - srv0)))" "$((stotal1 - stotal0))")
                 other_l=$(percent "$((lbusy1 - lbusy0 - (kids1 - kids0 - srv1)))" "$((ltotal1 - ltotal0))")
                 other=$((other_s > other_l ? other_s : other_l))
-                # Unpinned, both figures are over all CPUs and only the second excludes
-                # the load generator.
-                ((UNPINNED)) && other=$other_l
+                # Unpinned, both figures are over all CPUs, and each still holds the other
+                # side's CPU: the server's or the load generator's. Take both out.
+                if ((UNPINNED)); then
+                    other_l=$(percent "$((lbusy1 - lbusy0 - (srv1 - srv0) - (kids1 - kids0 - srv1)))" \
+                        "$((ltotal1 - ltotal0))")
+                    other=$other_l
+                fi
                 # The server's CPU use in % of one CPU (pinned: of its CPU; unpinned:
                 # 200 means two CPUs' worth), and its CPU time (µs) per unit of the
                 # first figure (per request, connection or MB): shows which side was
