@@ -39,7 +39,9 @@
 # Each run starts one server pinned to SERVER_CPU (unpinned for *_all), waits for its
 # `listening on` line,
 # runs one scenario from LOAD_CPU, and kills it, so servers never overlap. Servers run
-# alternately: portcullis, peer, portcullis, peer, ...
+# alternately, the order turned round every other round (portcullis, peer; peer,
+# portcullis; ...), so that a machine growing slower or faster over a round does not
+# always favour the same side.
 
 # `SECONDS` is special in bash (it counts up from the value it is given), so read the
 # caller's value from the environment before anything else.
@@ -361,7 +363,9 @@ for scenario in $SCENARIOS; do
     # New connections are where the crypto provider shows: add portcullis on ring.
     [[ $scenario == newconn ]] && servers="$SERVERS portcullis_ring"
     for round in $(seq 1 "$ROUNDS"); do
-        for server in $servers; do
+        order=$servers
+        ((round % 2 == 0)) && order=$(echo "$servers" | tr ' ' '\n' | tac | tr '\n' ' ')
+        for server in $order; do
             attempt=0
             while :; do
                 attempt=$((attempt + 1))
