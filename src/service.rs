@@ -57,7 +57,7 @@ pub type Request = http::Request<Body>;
 pub type Response = http::Response<Body>;
 
 /// Bytes queued between the connection and a worker, per body and direction.
-const PIPE_CAPACITY: usize = 64 * 1024;
+pub(crate) const PIPE_CAPACITY: usize = 64 * 1024;
 
 /// Mixed into a request path's route to name the refills of its streamed responses.
 const REFILL_ROUTE: usize = 0x5bd1_e995;
