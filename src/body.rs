@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -498,8 +498,75 @@ impl Drop for PipeReader {
 enum Kind {
     Empty,
     Bytes(Bytes),
-    Reader(Box<dyn Read + Send + 'static>),
+    Reader(Box<dyn Read + Send + 'static>, ChunkBuffers),
     Incoming(PipeReader),
+}
+
+/// The read buffers of one streamed body, reused: `Read::read` wants initialized memory, so
+/// a new buffer is zeroed before the reader fills it; a chunk goes out as `Bytes` that give
+/// their buffer back here once the connection has sent them, so each buffer is zeroed once
+/// rather than once per chunk. (Zeroing every 16 KiB chunk cost as much as a second copy of
+/// every byte sent: 1 M instructions per MB of an 8 MiB download, against the peer's none.)
+#[derive(Default)]
+struct ChunkBuffers {
+    spare: Option<Arc<Mutex<Vec<Vec<u8>>>>>,
+}
+
+/// Spare buffers kept per body: what the pipe and hyper hold at once, and a few more.
+const SPARE_CHUNK_BUFFERS: usize = 8;
+
+impl ChunkBuffers {
+    /// Reads the next chunk from `reader` into a spare buffer (or a new one).
+    fn read_chunk(&mut self, reader: &mut dyn Read) -> io::Result<Option<Bytes>> {
+        let spare = self.spare.get_or_insert_with(Default::default);
+        let mut buf = lock_spare(spare)
+            .pop()
+            .unwrap_or_else(|| vec![0; STREAM_CHUNK]);
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok(None),
+                Ok(len) => {
+                    return Ok(Some(Bytes::from_owner(Chunk {
+                        buf,
+                        len,
+                        home: Arc::downgrade(spare),
+                    })))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn lock_spare(spare: &Mutex<Vec<Vec<u8>>>) -> MutexGuard<'_, Vec<Vec<u8>>> {
+    // Nothing panics while holding this lock.
+    spare.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A chunk read into a buffer of [`ChunkBuffers`], which it goes back to when dropped (if
+/// the body is still streaming).
+struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
+    home: Weak<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if let Some(home) = self.home.upgrade() {
+            let mut spare = lock_spare(&home);
+            if spare.len() < SPARE_CHUNK_BUFFERS {
+                spare.push(std::mem::take(&mut self.buf));
+            }
+        }
+    }
 }
 
 /// An HTTP body: what a handler reads from a request and gives back in a response.
@@ -539,7 +606,7 @@ impl Body {
     /// out chunked (HTTP/1.1) or as DATA frames until the end (HTTP/2).
     pub fn from_reader<R: Read + Send + 'static>(reader: R) -> Body {
         Body {
-            kind: Kind::Reader(Box::new(reader)),
+            kind: Kind::Reader(Box::new(reader), ChunkBuffers::default()),
         }
     }
 
@@ -562,7 +629,7 @@ impl Body {
             Kind::Empty => Some(0),
             Kind::Bytes(bytes) => Some(bytes.len() as u64),
             Kind::Incoming(reader) => reader.left,
-            Kind::Reader(_) => None,
+            Kind::Reader(..) => None,
         }
     }
 
@@ -662,7 +729,7 @@ impl Body {
                     length,
                 }
             }
-            Kind::Reader(_) => StreamSource::Stream(self),
+            Kind::Reader(..) => StreamSource::Stream(self),
         }
     }
 
@@ -672,20 +739,7 @@ impl Body {
             Kind::Bytes(bytes) if bytes.is_empty() => Ok(None),
             Kind::Bytes(bytes) => Ok(Some(std::mem::take(bytes))),
             Kind::Incoming(reader) => reader.next_chunk(),
-            Kind::Reader(reader) => {
-                let mut buf = vec![0; STREAM_CHUNK];
-                loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) => return Ok(None),
-                        Ok(n) => {
-                            buf.truncate(n);
-                            return Ok(Some(Bytes::from(buf)));
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
+            Kind::Reader(reader, buffers) => buffers.read_chunk(reader),
         }
     }
 }
@@ -853,7 +907,7 @@ impl Read for Body {
                 bytes.advance(n);
                 Ok(n)
             }
-            Kind::Reader(reader) => reader.read(buf),
+            Kind::Reader(reader, _) => reader.read(buf),
             Kind::Incoming(reader) => {
                 while reader.current.is_empty() {
                     match reader.pipe.pop_blocking()? {
@@ -915,7 +969,7 @@ impl fmt::Debug for Body {
         match &self.kind {
             Kind::Empty => f.write_str("Body::Empty"),
             Kind::Bytes(bytes) => write!(f, "Body::Bytes({} bytes)", bytes.len()),
-            Kind::Reader(_) => f.write_str("Body::Reader"),
+            Kind::Reader(..) => f.write_str("Body::Reader"),
             Kind::Incoming(_) => f.write_str("Body::Incoming"),
         }
     }
@@ -974,6 +1028,65 @@ impl From<()> for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sent_chunk_gives_its_buffer_back_and_a_kept_one_is_never_overwritten() {
+        // 16 KiB of 'a', then 5 bytes of 'b', then 16 KiB of 'c'.
+        let data: Vec<u8> = [
+            vec![b'a'; STREAM_CHUNK],
+            vec![b'b'; 5],
+            vec![b'c'; STREAM_CHUNK],
+        ]
+        .concat();
+        struct Steps(Vec<Vec<u8>>);
+        impl Read for Steps {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let Some(next) = self.0.first_mut() else {
+                    return Ok(0);
+                };
+                let n = next.len().min(buf.len());
+                buf[..n].copy_from_slice(&next[..n]);
+                next.drain(..n);
+                if next.is_empty() {
+                    self.0.remove(0);
+                }
+                Ok(n)
+            }
+        }
+        let mut body = Body::from_reader(Steps(vec![
+            data[..STREAM_CHUNK].to_vec(),
+            data[STREAM_CHUNK..STREAM_CHUNK + 5].to_vec(),
+            data[STREAM_CHUNK + 5..].to_vec(),
+        ]));
+        let first = body.next_chunk().unwrap().unwrap();
+        assert_eq!(&first[..], &data[..STREAM_CHUNK]);
+        let spare = |body: &Body| match &body.kind {
+            Kind::Reader(_, buffers) => buffers.spare.as_ref().map_or(0, |s| lock_spare(s).len()),
+            _ => unreachable!(),
+        };
+        let first_at = first.as_ptr();
+        assert_eq!(spare(&body), 0);
+        drop(first); // sent: its buffer is spare again
+        assert_eq!(
+            spare(&body),
+            1,
+            "the sent chunk's buffer was not given back"
+        );
+        let second = body.next_chunk().unwrap().unwrap();
+        assert_eq!(spare(&body), 0);
+        assert_eq!(second.as_ptr(), first_at, "the spare buffer was not reused");
+        // A short read shows only what it read, not what the buffer held before.
+        assert_eq!(&second[..], b"bbbbb");
+        // Kept (still queued): the next chunk must go to another buffer.
+        let third = body.next_chunk().unwrap().unwrap();
+        assert_ne!(third.as_ptr(), second.as_ptr());
+        assert_eq!(&second[..], b"bbbbb", "a queued chunk was overwritten");
+        assert_eq!(&third[..], &data[STREAM_CHUNK + 5..]);
+        assert!(body.next_chunk().unwrap().is_none());
+        // Chunks outliving their body just free their buffer.
+        drop(body);
+        drop((second, third));
+    }
 
     #[test]
     fn pipe_applies_backpressure_to_a_blocking_producer() {
