@@ -139,6 +139,35 @@ fn quick_requests_run_on_the_reactor_thread_without_a_worker() {
     stop(handle);
 }
 
+#[test]
+fn streamed_responses_of_inline_handlers_start_no_worker() {
+    // The handler runs on the leader, and so do the body's first fill and its refills: a
+    // worker thread starting here means the first fill (or the refills) went to the pool,
+    // waking a thread that competes with the reactor for its CPU.
+    let handle = tls_server().spawn(handler(Gate::default())).expect("spawn");
+    let addr = addr(&handle);
+    let handle = Arc::new(handle);
+    let stats = handle.clone();
+    block_on(async move {
+        for version in [Version::HTTP_11, Version::HTTP_2] {
+            let mut client = Client::connect_tls(addr, version).await;
+            for _ in 0..5 {
+                let reply = client.get("/stream").await.expect("GET /stream");
+                assert_eq!(reply.status, StatusCode::OK);
+                assert_eq!(reply.body.len(), 1 << 20);
+                assert!(reply.body.iter().all(|&b| b == b'z'));
+            }
+        }
+        assert_eq!(
+            stats.worker_stats().threads,
+            0,
+            "a streamed response started a worker thread"
+        );
+    });
+    let handle = Arc::into_inner(handle).expect("sole owner");
+    stop(handle);
+}
+
 /// Twenty quick requests on `client` while `beside` runs on the same server. The README says
 /// about a millisecond each; the median allows a loaded 2-core machine 20 times that, and
 /// the slowest one preemption, while anything that waits for the other handler (seconds)
