@@ -788,20 +788,14 @@ struct PullSource {
 }
 
 impl Pull {
-    /// A pulled body over a pipe of `capacity` bytes. With `scheduled`, the caller (a
-    /// worker that just ran the handler) fills the pipe first with [`Pull::produce`].
-    pub(crate) fn new(
-        body: Body,
-        capacity: usize,
-        pool: WorkerPool,
-        scheduled: bool,
-        route: usize,
-    ) -> Arc<Pull> {
+    /// A pulled body over a pipe of `capacity` bytes. The caller (the thread that just ran
+    /// the handler) fills the pipe first with [`Pull::produce`].
+    pub(crate) fn new(body: Body, capacity: usize, pool: WorkerPool, route: usize) -> Arc<Pull> {
         Arc::new(Pull {
             pipe: Pipe::new(capacity),
             source: Mutex::new(PullSource {
                 body: Some(body),
-                scheduled,
+                scheduled: true,
             }),
             pool,
             route,

@@ -417,13 +417,7 @@ impl HandlerJob {
         // Refills are judged apart from the handler: a route whose handler blocks (a
         // database) may stream from a reader that does not (a file).
         let rate = response_rate(&ctx);
-        let pull = Pull::new(
-            body,
-            PIPE_CAPACITY,
-            ctx.pool.clone(),
-            true,
-            route ^ REFILL_ROUTE,
-        );
+        let pull = Pull::new(body, PIPE_CAPACITY, ctx.pool.clone(), route ^ REFILL_ROUTE);
         sender.send(Outcome::Response(http::Response::from_parts(
             parts,
             ResponseBody::pulled(pull.clone(), log, rate),
