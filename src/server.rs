@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use socket2::{Domain, Socket, Type};
 
 use crate::conn::{self, ProxyProtocol, ServerContext};
-use crate::reactor::leader::BlockingRoutes;
+use crate::reactor::leader::{BlockingRoutes, Monitor};
 use crate::reactor::{Reactor, ReactorConfig, ReactorHandle, Shared};
 use crate::response::IntoResponse;
 use crate::service::{Request, Service};
@@ -385,6 +385,8 @@ impl Server {
         let tls = self.tls.map(|tls| tls.for_protocols(self.protocols));
         let service: Arc<dyn Service> = Arc::new(service);
         let blocking_routes = Arc::new(BlockingRoutes::new());
+        // One monitor thread watches every reactor's leader (see `reactor::leader`).
+        let monitor = Monitor::new();
         let running = Arc::new(AtomicUsize::new(count));
         let mut threads = Vec::with_capacity(count);
         for reactor in reactors {
@@ -405,6 +407,7 @@ impl Server {
             );
             let thread_pool = pool.clone();
             let routes = blocking_routes.clone();
+            let monitor = monitor.clone();
             let running = running.clone();
             let all = handles.clone();
             let spawned = std::thread::Builder::new()
@@ -416,6 +419,7 @@ impl Server {
                         }),
                         thread_pool.clone(),
                         routes,
+                        monitor,
                     );
                     if let Err(error) = &result {
                         // Serving on fewer reactors than asked would hide the failure.

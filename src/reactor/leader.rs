@@ -12,14 +12,14 @@
 //! connection, with the response) is polled next, before the other ready tasks
 //! ([`catch_first_wake`]).
 //!
-//! Before it runs a handler, the leader puts the reactor down where a *monitor* thread can
-//! pick it up. While handlers run inline, a *monitor* thread looks at it now and then (as
-//! Go's `sysmon` does for goroutines stuck in system calls): every [`MONITOR_INTERVAL`]
-//! after it saw one running, backing off to [`MONITOR_MAX_INTERVAL`] while it finds none.
-//! When it sees the same handler still running at two looks in a row, and its thread is
-//! blocked (or has computed for [`COMPUTE_GRACE`] since: a thread merely waiting for a CPU
-//! is left alone, no other thread would do better), it hands the reactor to a follower
-//! thread, which leads from then on. A quick handler therefore costs no
+//! Before it runs a handler, the leader puts the reactor down, noting when, where the
+//! server's one [`monitor`] thread can pick it up. While handlers run inline, the monitor
+//! looks at every reactor each [`MONITOR_INTERVAL`](monitor::MONITOR_INTERVAL) (as Go's
+//! `sysmon` does for goroutines stuck in system calls). When it finds a handler that has
+//! run for [`BLOCKING_AFTER`] or longer and its thread is blocked (or has computed for
+//! [`COMPUTE_GRACE`] since: a thread merely waiting for a CPU is left alone, no other
+//! thread would do better), it hands the reactor to a follower thread, which leads from
+//! then on. A quick handler therefore costs no
 //! context switch at all, and one that blocks (sleeps, waits on a lock, reads a file, calls
 //! this very server) stalls the other connections for at most about a millisecond, once: its
 //! route is then remembered as blocking and goes straight to the pool for
@@ -43,25 +43,16 @@ use super::task::catch_first_wake;
 use super::Reactor;
 use crate::worker::{InlineRun, WorkerPool};
 
-/// How soon the monitor looks again after it saw a handler running inline: a handler
-/// still running then (the same put-down seen twice) has blocked.
-const MONITOR_INTERVAL: Duration = Duration::from_micros(100);
+mod monitor;
 
-/// The longest pause between two looks. After each look that saw no handler running, the
-/// monitor waits twice as long, up to this (Go's `sysmon` backs off the same way): each
-/// wake-up costs a thread switch on the reactor's core, and quick handlers are almost never
-/// caught running. A handler that blocks therefore stalls the reactor for at most about
-/// this plus [`MONITOR_INTERVAL`], once per [`BLOCKING_ROUTE_MEMORY`] and route.
-const MONITOR_MAX_INTERVAL: Duration = Duration::from_millis(1);
+pub(crate) use monitor::Monitor;
 
-/// Looks without any inline handler after which the monitor sleeps until the next one.
-const MONITOR_IDLE_LOOKS: u32 = 100;
-
-/// A handler that ran inline longer than this, and blocked meanwhile (its thread switched
-/// out voluntarily, not preempted), is slow; a route slow at two runs in a row within
-/// [`SLOW_AGAIN_WITHIN`] is marked as blocking (the monitor marks at once a route whose
-/// handler it had to take the reactor from).
-const BLOCKING_AFTER: Duration = MONITOR_INTERVAL;
+/// A handler that the monitor finds running for this long, with its thread blocked, has
+/// blocked (see [`monitor`]). A handler that ran inline longer than this, and blocked
+/// meanwhile (its thread switched out voluntarily, not preempted), is slow; a route slow
+/// at two runs in a row within [`SLOW_AGAIN_WITHIN`] is marked as blocking (the monitor
+/// marks at once a route whose handler it had to take the reactor from).
+const BLOCKING_AFTER: Duration = Duration::from_micros(100);
 
 /// A single slow run may be a cold start (the first request of a route), the thread
 /// preempted for a moment, or a wait for a lock whose holder was preempted; a handler that
@@ -280,11 +271,6 @@ struct Followers {
     handoff: Option<Box<Reactor>>,
 }
 
-#[derive(Default)]
-struct MonitorState {
-    parked: bool,
-}
-
 /// The reactor, put down by its leader to run a handler.
 struct PutDown {
     reactor: Box<Reactor>,
@@ -295,6 +281,8 @@ struct PutDown {
     route: usize,
     /// The thread running that handler (its leader), for [`runnable_cpu_time`].
     thread: libc::pid_t,
+    /// When the handler started (or an instant just before).
+    started: Instant,
 }
 
 /// What the leader, the monitor and the followers share.
@@ -303,9 +291,8 @@ struct Leadership {
     available: Mutex<Option<PutDown>>,
     /// Put-downs so far: bumped each time a leader puts the reactor down to run a handler.
     put_downs: AtomicU64,
-    monitor_parked: AtomicBool,
-    monitor: Mutex<MonitorState>,
-    monitor_wake: Condvar,
+    /// The server's monitor, which watches this reactor among others.
+    monitor: Arc<Monitor>,
     followers: Mutex<Followers>,
     follower_wake: Condvar,
     /// Set once the reactor has stopped, with its result.
@@ -328,19 +315,19 @@ enum Led {
 
 /// Runs the reactor on the calling thread, and on others when handlers block, until it
 /// stops; returns its result. Its threads are named `pc-reactor-N` (leaders and
-/// followers) and `pc-monitor-N`, N the reactor's index.
+/// followers), N the reactor's index; `monitor` (the server's `pc-monitor` thread) watches
+/// it meanwhile.
 pub(crate) fn run(
     reactor: Box<Reactor>,
     pool: WorkerPool,
     blocking_routes: Arc<BlockingRoutes>,
+    monitor: Arc<Monitor>,
 ) -> io::Result<()> {
     let index = reactor.handle.index;
     let shared = Arc::new(Leadership {
         available: Mutex::new(None),
         put_downs: AtomicU64::new(0),
-        monitor_parked: AtomicBool::new(false),
-        monitor: Mutex::new(MonitorState::default()),
-        monitor_wake: Condvar::new(),
+        monitor: monitor.clone(),
         followers: Mutex::new(Followers::default()),
         follower_wake: Condvar::new(),
         finished: Mutex::new(None),
@@ -350,11 +337,7 @@ pub(crate) fn run(
         pool,
         index,
     });
-    let monitor = shared.clone();
-    let monitor = std::thread::Builder::new()
-        .name(format!("pc-monitor-{index}"))
-        .spawn(move || monitor.monitor());
-    if let Err(error) = &monitor {
+    if let Err(error) = monitor.watch(&shared) {
         // Handlers still run, on the pool: without a monitor nothing could take over.
         tracing::warn!(%error, "cannot start the reactor monitor; handlers run on the pool");
         return match shared.lead(reactor, false) {
@@ -379,9 +362,7 @@ pub(crate) fn run(
             .unwrap_or_else(|e| e.into_inner());
     }
     drop(finished);
-    if let Ok(monitor) = monitor {
-        let _ = monitor.join();
-    }
+    monitor.unwatch(&shared);
     shared.result()
 }
 
@@ -459,10 +440,9 @@ impl Leadership {
                     number: put_down,
                     route,
                     thread,
+                    started,
                 });
-                if self.monitor_parked.load(Ordering::SeqCst) {
-                    self.wake_monitor();
-                }
+                self.monitor.handler_started();
                 // The task the job wakes (its connection, with the response) is polled
                 // next, ahead of the other ready tasks.
                 let woken = catch_first_wake(&run_queue, || {
@@ -519,7 +499,6 @@ impl Leadership {
             let _followers = lock(&self.followers);
             self.follower_wake.notify_all();
         }
-        self.wake_monitor();
     }
 
     /// Leads with `first`, then waits for the reactor to be handed over, leads, and waits
@@ -556,103 +535,6 @@ impl Leadership {
         }
     }
 
-    fn wake_monitor(&self) {
-        let mut state = lock(&self.monitor);
-        state.parked = false;
-        self.monitor_parked.store(false, Ordering::SeqCst);
-        self.monitor_wake.notify_one();
-    }
-
-    /// The monitor thread: hands the reactor to a follower when it has lain put down (its
-    /// leader running a handler) since the previous look, unless that handler's thread is
-    /// runnable and has computed for less than [`COMPUTE_GRACE`] since.
-    fn monitor(self: &Arc<Self>) {
-        let mut last_seen = 0;
-        // The CPU time of the leader when first found runnable with the handler seen last.
-        let mut runnable_since: Option<Duration> = None;
-        let mut last_count = self.put_downs.load(Ordering::SeqCst);
-        let mut quiet_looks = 0;
-        let mut interval = MONITOR_INTERVAL;
-        while !self.done.load(Ordering::SeqCst) {
-            std::thread::sleep(interval);
-            let seen = lock(&self.available)
-                .as_ref()
-                .map(|put_down| (put_down.number, put_down.thread));
-            let stuck = match seen {
-                Some((number, thread)) if number == last_seen => {
-                    // Preempted, or computing for a moment, rather than blocked: the reactor
-                    // stays. /proc is read only here, for a handler seen at two looks.
-                    let computing = runnable_cpu_time(thread).is_some_and(|cpu| {
-                        let since = *runnable_since.get_or_insert(cpu);
-                        cpu.saturating_sub(since) < COMPUTE_GRACE
-                    });
-                    if computing {
-                        None
-                    } else {
-                        let mut available = lock(&self.available);
-                        match &*available {
-                            Some(put_down) if put_down.number == number => available.take(),
-                            _ => None,
-                        }
-                    }
-                }
-                Some((number, _)) => {
-                    last_seen = number;
-                    runnable_since = None;
-                    None
-                }
-                None => {
-                    last_seen = 0;
-                    None
-                }
-            };
-            interval = if last_seen == 0 {
-                (interval * 2).min(MONITOR_MAX_INTERVAL)
-            } else {
-                // A handler is running: look again soon.
-                MONITOR_INTERVAL
-            };
-            if let Some(PutDown {
-                reactor,
-                route,
-                thread,
-                ..
-            }) = stuck
-            {
-                // Later requests for this route go to the pool at once, even those
-                // already queued behind this one.
-                self.blocking_routes.mark(route);
-                self.take_over(reactor, route, thread);
-                last_seen = 0;
-            }
-            let count = self.put_downs.load(Ordering::SeqCst);
-            if count == last_count && last_seen == 0 {
-                quiet_looks += 1;
-            } else {
-                quiet_looks = 0;
-            }
-            last_count = count;
-            if quiet_looks >= MONITOR_IDLE_LOOKS {
-                // No handler ran inline for a while: sleep until the next one starts.
-                let mut state = lock(&self.monitor);
-                state.parked = true;
-                self.monitor_parked.store(true, Ordering::SeqCst);
-                if self.put_downs.load(Ordering::SeqCst) != last_count {
-                    state.parked = false;
-                    self.monitor_parked.store(false, Ordering::SeqCst);
-                }
-                while state.parked && !self.done.load(Ordering::SeqCst) {
-                    state = self
-                        .monitor_wake
-                        .wait(state)
-                        .unwrap_or_else(|e| e.into_inner());
-                }
-                quiet_looks = 0;
-                interval = MONITOR_INTERVAL;
-            }
-        }
-    }
-
     /// Gives the reactor, taken from a leader stuck in a handler, to an idle follower or a
     /// new one.
     fn take_over(self: &Arc<Self>, reactor: Box<Reactor>, route: usize, thread: libc::pid_t) {
@@ -674,6 +556,8 @@ impl Leadership {
                     number: put_down,
                     route,
                     thread,
+                    // Tried again at the next look.
+                    started: Instant::now(),
                 });
             }
         }

@@ -476,9 +476,10 @@ impl Reactor {
         new_connection: ConnectionFactory,
         pool: crate::worker::WorkerPool,
         blocking_routes: Arc<leader::BlockingRoutes>,
+        monitor: Arc<leader::Monitor>,
     ) -> io::Result<()> {
         self.new_connection = Some(new_connection);
-        leader::run(Box::new(self), pool, blocking_routes)
+        leader::run(Box::new(self), pool, blocking_routes, monitor)
     }
 
     /// One turn of the event loop: polls ready tasks, then (unless they deferred handler

@@ -1,0 +1,164 @@
+//! The monitor of leader/followers: one thread (`pc-monitor`) watches every reactor of a
+//! server, sleeps while no handler runs inline, wakes for the next one, and ends with the
+//! server. Alone in its test binary, so that the threads it counts are its server's only.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hyper::{StatusCode, Version};
+use portcullis::{Body, ConnectionInfo, Request, Response};
+
+/// A gate a handler can wait at until the test opens it (or 10 s pass).
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<(bool, usize)>, Condvar)>);
+
+impl Gate {
+    fn wait(&self) {
+        let (lock, cv) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        state.1 += 1;
+        cv.notify_all();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !state.0 && Instant::now() < deadline {
+            state = cv.wait_timeout(state, Duration::from_millis(50)).unwrap().0;
+        }
+    }
+
+    fn open(&self) {
+        let (lock, cv) = &*self.0;
+        lock.lock().unwrap().0 = true;
+        cv.notify_all();
+    }
+
+    fn wait_for_waiters(&self, n: usize) {
+        let (lock, cv) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state.1 < n {
+            assert!(Instant::now() < deadline, "no handler reached the gate");
+            state = cv.wait_timeout(state, Duration::from_millis(50)).unwrap().0;
+        }
+    }
+}
+
+/// Answers the reactor's index; `/block` first waits at the gate.
+fn handler(gate: Gate) -> impl Fn(Request, ConnectionInfo) -> Response + Send + Sync {
+    move |req, info| {
+        if req.uri().path() == "/block" {
+            gate.wait();
+        }
+        Response::new(Body::from(info.reactor().to_string()))
+    }
+}
+
+/// Names of this process's threads that start with `prefix`.
+fn threads_named(prefix: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let path = task.expect("a task").path().join("comm");
+        if let Ok(name) = std::fs::read_to_string(path) {
+            let name = name.trim_end();
+            if name.starts_with(prefix) {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn one_monitor_watches_every_reactor_wakes_from_idle_and_ends_with_the_server() {
+    let gate = Gate::default();
+    let handle = tls_server()
+        .reactors(4)
+        .spawn(handler(gate.clone()))
+        .expect("spawn");
+    let addr = addr(&handle);
+    block_on(async move {
+        // Connections on every reactor, each serving a few inline requests.
+        let mut by_reactor: BTreeMap<usize, Vec<Client>> = BTreeMap::new();
+        for _ in 0..32 {
+            let mut client = Client::connect_tls(addr, Version::HTTP_11).await;
+            let mut reactor = 0;
+            for _ in 0..5 {
+                let reply = client.get("/").await.expect("GET /");
+                assert_eq!(reply.status, StatusCode::OK);
+                reactor = reply.text().parse::<usize>().expect("a reactor index");
+            }
+            by_reactor.entry(reactor).or_default().push(client);
+        }
+        assert_eq!(
+            by_reactor.keys().copied().collect::<Vec<_>>(),
+            [0, 1, 2, 3],
+            "32 connections did not reach all 4 reactors"
+        );
+        assert_eq!(
+            threads_named("pc-monitor"),
+            ["pc-monitor"],
+            "4 reactors serving inline handlers: one monitor thread, not one per reactor"
+        );
+
+        // Quiet for a while: the monitor parks (after about 100 ms without inline
+        // handlers). The next handler must wake it, or a blocking one would stall its
+        // reactor's other connections until it returns (the gate's 10 s).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (reactor, clients) = by_reactor
+            .iter_mut()
+            .find(|(_, clients)| clients.len() >= 2)
+            .expect("two connections on one reactor");
+        let reactor = *reactor;
+        let mut blocked = clients.pop().expect("a connection");
+        let mut beside = clients.pop().expect("another connection");
+        let blocking = tokio::spawn(async move {
+            let reply = blocked.get("/block").await.expect("GET /block");
+            (reply.status, reply.text())
+        });
+        let waiter = gate.clone();
+        tokio::task::spawn_blocking(move || waiter.wait_for_waiters(1))
+            .await
+            .unwrap();
+        let mut took = Vec::new();
+        for _ in 0..20 {
+            let started = Instant::now();
+            let reply = within(
+                Duration::from_secs(5),
+                "a quick request beside a blocked handler",
+                beside.get("/"),
+            )
+            .await
+            .expect("GET / beside the blocked handler");
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(
+                reply.text(),
+                reactor.to_string(),
+                "moved to another reactor"
+            );
+            took.push(started.elapsed());
+        }
+        assert!(!blocking.is_finished(), "the gated handler did not wait");
+        gate.open();
+        let (status, text) = within(Duration::from_secs(10), "the blocked handler", blocking)
+            .await
+            .expect("blocked request task");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(text, reactor.to_string());
+        took.sort();
+        let (median, slowest) = (took[took.len() / 2], took[took.len() - 1]);
+        // A stall would be the gate's 10 s; the bounds leave room for a loaded machine.
+        assert!(
+            median < Duration::from_millis(20) && slowest < Duration::from_secs(1),
+            "requests beside a handler blocked after a quiet spell took median {median:?}, \
+             slowest {slowest:?}"
+        );
+    });
+    stop(handle);
+    assert_eq!(
+        threads_named("pc-monitor"),
+        Vec::<String>::new(),
+        "the monitor thread outlived its server"
+    );
+}
