@@ -5,48 +5,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use hyper::body::Bytes;
 use hyper::{StatusCode, Version};
 use portcullis::{Body, ConnectionInfo, Limits, Request, Response};
-
-/// A gate a handler can wait at until the test opens it (or 10 s pass).
-#[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<(bool, usize)>, Condvar)>);
-
-impl Gate {
-    /// Waits until opened; counts the waiters.
-    fn wait(&self) {
-        let (lock, cv) = &*self.0;
-        let mut state = lock.lock().unwrap();
-        state.1 += 1;
-        cv.notify_all();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !state.0 && Instant::now() < deadline {
-            state = cv.wait_timeout(state, Duration::from_millis(50)).unwrap().0;
-        }
-    }
-
-    fn open(&self) {
-        let (lock, cv) = &*self.0;
-        lock.lock().unwrap().0 = true;
-        cv.notify_all();
-    }
-
-    /// Waits (up to 10 s) until `n` handlers are waiting at the gate.
-    fn wait_for_waiters(&self, n: usize) {
-        let (lock, cv) = &*self.0;
-        let mut state = lock.lock().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while state.1 < n {
-            assert!(Instant::now() < deadline, "no handler reached the gate");
-            state = cv.wait_timeout(state, Duration::from_millis(50)).unwrap().0;
-        }
-    }
-}
 
 /// `/gate` waits at the gate, `/sleep/<ms>` sleeps, `/spin/<ms>` computes (never blocks)
 /// for that long, `/thread` names the thread it ran on,

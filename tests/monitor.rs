@@ -5,45 +5,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use hyper::{StatusCode, Version};
 use portcullis::{Body, ConnectionInfo, Request, Response};
-
-/// A gate a handler can wait at until the test opens it (or 10 s pass).
-#[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<(bool, usize)>, Condvar)>);
-
-impl Gate {
-    fn wait(&self) {
-        let (lock, cv) = &*self.0;
-        let mut state = lock.lock().unwrap();
-        state.1 += 1;
-        cv.notify_all();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !state.0 && Instant::now() < deadline {
-            state = cv.wait_timeout(state, Duration::from_millis(50)).unwrap().0;
-        }
-    }
-
-    fn open(&self) {
-        let (lock, cv) = &*self.0;
-        lock.lock().unwrap().0 = true;
-        cv.notify_all();
-    }
-
-    fn wait_for_waiters(&self, n: usize) {
-        let (lock, cv) = &*self.0;
-        let mut state = lock.lock().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while state.1 < n {
-            assert!(Instant::now() < deadline, "no handler reached the gate");
-            state = cv.wait_timeout(state, Duration::from_millis(50)).unwrap().0;
-        }
-    }
-}
 
 /// Answers the reactor's index; `/block` first waits at the gate.
 fn handler(gate: Gate) -> impl Fn(Request, ConnectionInfo) -> Response + Send + Sync {

@@ -19,13 +19,12 @@
 //! run for [`BLOCKING_AFTER`] or longer and its thread is blocked (or has computed for
 //! [`COMPUTE_GRACE`] since: a thread merely waiting for a CPU is left alone, no other
 //! thread would do better), it hands the reactor to a follower thread, which leads from
-//! then on. A quick handler therefore costs no
-//! context switch at all, and one that blocks (sleeps, waits on a lock, reads a file, calls
-//! this very server) stalls the other connections for at most about a millisecond, once: its
-//! route is then remembered as blocking and goes straight to the pool for
-//! [`BLOCKING_ROUTE_MEMORY`]. (A handler slower than [`BLOCKING_AFTER`] that blocked and
-//! that the monitor did not catch marks its route when its next run is slow too, within
-//! [`SLOW_AGAIN_WITHIN`].)
+//! then on. A quick handler therefore costs no context switch at all, and one that blocks
+//! (sleeps, waits on a lock, reads a file, calls this very server) stalls the other
+//! connections for at most about a millisecond, once: its route is then remembered as
+//! blocking and goes straight to the pool for [`BLOCKING_ROUTE_MEMORY`]. (A handler slower
+//! than [`BLOCKING_AFTER`] that blocked and that the monitor did not catch marks its route
+//! when its next run is slow too, within [`SLOW_AGAIN_WITHIN`].)
 //!
 //! When the blocked handler ends, its thread finds the reactor gone and becomes an idle
 //! follower. Inline handlers hold a place in the worker pool ([`WorkerPool::try_inline`]),

@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -511,7 +511,7 @@ impl Drop for TempFile {
 /// shutdown took.
 pub fn shutdown_within(handle: ServerHandle, limit: Duration) -> Duration {
     let (tx, rx) = std::sync::mpsc::channel();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     std::thread::spawn(move || {
         let _ = tx.send(handle.shutdown());
     });
@@ -555,5 +555,41 @@ pub fn skip(test: &str, why: &str) {
             .open(&path)
             .unwrap_or_else(|e| panic!("{}: {e}", Path::new(&path).display()));
         writeln!(file, "{line}").unwrap_or_else(|e| panic!("{}: {e}", Path::new(&path).display()));
+    }
+}
+
+/// A gate a handler can wait at until the test opens it (or 10 s pass).
+#[derive(Clone, Default)]
+pub struct Gate(pub Arc<(Mutex<(bool, usize)>, Condvar)>);
+
+impl Gate {
+    /// Waits until opened; counts the waiters.
+    pub fn wait(&self) {
+        let (lock, cv) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        state.1 += 1;
+        cv.notify_all();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !state.0 && Instant::now() < deadline {
+            state = cv.wait_timeout(state, Duration::from_millis(50)).unwrap().0;
+        }
+    }
+
+    /// Lets every waiter (and every later one) through.
+    pub fn open(&self) {
+        let (lock, cv) = &*self.0;
+        lock.lock().unwrap().0 = true;
+        cv.notify_all();
+    }
+
+    /// Waits (up to 10 s) until `n` handlers are waiting at the gate.
+    pub fn wait_for_waiters(&self, n: usize) {
+        let (lock, cv) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state.1 < n {
+            assert!(Instant::now() < deadline, "no handler reached the gate");
+            state = cv.wait_timeout(state, Duration::from_millis(50)).unwrap().0;
+        }
     }
 }
