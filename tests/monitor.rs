@@ -1,6 +1,7 @@
-//! The monitor of leader/followers: one thread (`pc-monitor`) watches every reactor of a
-//! server, sleeps while no handler runs inline, wakes for the next one, and ends with the
-//! server. Alone in its test binary, so that the threads it counts are its server's only.
+//! The monitor of leader/followers: one thread (`pc-monitor`, at nice 19) watches every
+//! reactor of a server, sleeps while no handler runs inline, wakes for the next one, has
+//! followers started at the normal priority, and ends with the server. Alone in its test
+//! binary, so that the threads it counts are its server's only.
 
 mod common;
 
@@ -21,19 +22,31 @@ fn handler(gate: Gate) -> impl Fn(Request, ConnectionInfo) -> Response + Send + 
     }
 }
 
-/// Names of this process's threads that start with `prefix`.
-fn threads_named(prefix: &str) -> Vec<String> {
-    let mut names = Vec::new();
+/// This process's threads whose names start with `prefix`: name and nice value.
+fn threads(prefix: &str) -> Vec<(String, i64)> {
+    let mut found = Vec::new();
     for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
-        let path = task.expect("a task").path().join("comm");
-        if let Ok(name) = std::fs::read_to_string(path) {
-            let name = name.trim_end();
-            if name.starts_with(prefix) {
-                names.push(name.to_string());
-            }
+        // `tid (comm) state ...`: the nice value is field 19, the 17th after the `)`.
+        let Ok(stat) = std::fs::read_to_string(task.expect("a task").path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
+        let name = &stat[open + 1..close];
+        if name.starts_with(prefix) {
+            let nice = stat[close + 2..]
+                .split(' ')
+                .nth(16)
+                .unwrap()
+                .parse()
+                .unwrap();
+            found.push((name.to_string(), nice));
         }
     }
-    names
+    found
+}
+
+fn threads_named(prefix: &str) -> Vec<String> {
+    threads(prefix).into_iter().map(|(name, _)| name).collect()
 }
 
 #[test]
@@ -63,9 +76,10 @@ fn one_monitor_watches_every_reactor_wakes_from_idle_and_ends_with_the_server() 
             "32 connections did not reach all 4 reactors"
         );
         assert_eq!(
-            threads_named("pc-monitor"),
-            ["pc-monitor"],
-            "4 reactors serving inline handlers: one monitor thread, not one per reactor"
+            threads("pc-monitor"),
+            [("pc-monitor".to_string(), 19)],
+            "4 reactors serving inline handlers: one monitor thread, not one per reactor, \
+             at the lowest priority (nice 19), so that its looks do not preempt a reactor"
         );
 
         // Quiet for a while: the monitor parks (after about 100 ms without inline
@@ -106,6 +120,17 @@ fn one_monitor_watches_every_reactor_wakes_from_idle_and_ends_with_the_server() 
             took.push(started.elapsed());
         }
         assert!(!blocking.is_finished(), "the gated handler did not wait");
+        // The monitor took the reactor over: the follower that leads it now was started
+        // at the normal priority, not with the monitor's.
+        let leaders = threads(&format!("pc-reactor-{reactor}"));
+        assert!(
+            leaders.len() >= 2,
+            "no follower took the reactor over: {leaders:?}"
+        );
+        assert!(
+            leaders.iter().all(|&(_, nice)| nice == 0),
+            "a reactor thread runs at the monitor's low priority: {leaders:?}"
+        );
         gate.open();
         let (status, text) = within(Duration::from_secs(10), "the blocked handler", blocking)
             .await

@@ -270,6 +270,17 @@ struct Followers {
     handoff: Option<Box<Reactor>>,
 }
 
+/// What the thread that called [`run`] waits for, besides the end.
+#[derive(Default)]
+struct Waiting {
+    /// Set once the reactor has stopped, with its result.
+    result: Option<io::Result<()>>,
+    /// A reactor the monitor took from a stuck leader while no follower was idle: this
+    /// thread starts one to lead it. The monitor runs at the lowest priority, which a
+    /// thread it started would inherit (and could not give up).
+    to_lead: Option<PutDown>,
+}
+
 /// The reactor, put down by its leader to run a handler.
 struct PutDown {
     reactor: Box<Reactor>,
@@ -294,8 +305,8 @@ struct Leadership {
     monitor: Arc<Monitor>,
     followers: Mutex<Followers>,
     follower_wake: Condvar,
-    /// Set once the reactor has stopped, with its result.
-    finished: Mutex<Option<io::Result<()>>>,
+    /// What the thread that called [`run`] waits for.
+    finished: Mutex<Waiting>,
     finished_wake: Condvar,
     done: AtomicBool,
     blocking_routes: Arc<BlockingRoutes>,
@@ -329,7 +340,7 @@ pub(crate) fn run(
         monitor: monitor.clone(),
         followers: Mutex::new(Followers::default()),
         follower_wake: Condvar::new(),
-        finished: Mutex::new(None),
+        finished: Mutex::new(Waiting::default()),
         finished_wake: Condvar::new(),
         done: AtomicBool::new(false),
         blocking_routes,
@@ -353,21 +364,30 @@ pub(crate) fn run(
             shared.lead(reactor, false);
         }
     }
-    let mut finished = lock(&shared.finished);
-    while !shared.done.load(Ordering::SeqCst) {
-        finished = shared
+    let mut waiting = lock(&shared.finished);
+    loop {
+        if let Some(put_down) = waiting.to_lead.take() {
+            drop(waiting);
+            shared.start_follower(put_down);
+            waiting = lock(&shared.finished);
+            continue;
+        }
+        if shared.done.load(Ordering::SeqCst) {
+            break;
+        }
+        waiting = shared
             .finished_wake
-            .wait(finished)
+            .wait(waiting)
             .unwrap_or_else(|e| e.into_inner());
     }
-    drop(finished);
+    drop(waiting);
     monitor.unwatch(&shared);
     shared.result()
 }
 
 impl Leadership {
     fn result(&self) -> io::Result<()> {
-        lock(&self.finished).take().unwrap_or(Ok(()))
+        lock(&self.finished).result.take().unwrap_or(Ok(()))
     }
 
     /// Leads until a handler run inline blocks (another thread leads then) or the reactor
@@ -490,7 +510,7 @@ impl Leadership {
     fn finish(&self, result: io::Result<()>) {
         {
             let mut finished = lock(&self.finished);
-            *finished = Some(result);
+            finished.result = Some(result);
             self.done.store(true, Ordering::SeqCst);
             self.finished_wake.notify_all();
         }
@@ -534,16 +554,29 @@ impl Leadership {
         }
     }
 
-    /// Gives the reactor, taken from a leader stuck in a handler, to an idle follower or a
-    /// new one.
-    fn take_over(self: &Arc<Self>, reactor: Box<Reactor>, route: usize, thread: libc::pid_t) {
+    /// Gives the reactor, taken from a leader stuck in a handler, to an idle follower, or
+    /// has the thread that called [`run`] start a new one (called by the monitor).
+    fn take_over(&self, put_down: PutDown) {
         let mut followers = lock(&self.followers);
         if followers.idle > 0 {
-            followers.handoff = Some(reactor);
+            followers.handoff = Some(put_down.reactor);
             self.follower_wake.notify_one();
             return;
         }
         drop(followers);
+        lock(&self.finished).to_lead = Some(put_down);
+        self.finished_wake.notify_all();
+    }
+
+    /// Starts a follower to lead the reactor the monitor took (on the thread that called
+    /// [`run`]).
+    fn start_follower(self: &Arc<Self>, put_down: PutDown) {
+        let PutDown {
+            reactor,
+            route,
+            thread,
+            ..
+        } = put_down;
         let slot = Arc::new(Mutex::new(Some(reactor)));
         if let Err(error) = self.spawn_follower(slot.clone()) {
             tracing::error!(%error, "cannot start a thread to take the reactor over");

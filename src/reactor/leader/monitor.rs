@@ -12,6 +12,11 @@
 //! handler found running for [`BLOCKING_AFTER`] or longer is a candidate at once. Every
 //! look is therefore [`MONITOR_INTERVAL`] after the last, and a handler that blocks
 //! stalls its reactor for at most about that plus [`BLOCKING_AFTER`].
+//!
+//! The thread runs at the lowest priority ([`lower_priority`]), so that its looks wait for
+//! a free CPU instead of preempting a reactor; it therefore starts no thread itself (a
+//! follower would inherit that priority): a reactor it takes over goes to an idle
+//! follower, or to the thread waiting in [`run`](super::run), which starts one.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,13 +24,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{lock, runnable_cpu_time, Leadership, PutDown, BLOCKING_AFTER, COMPUTE_GRACE};
+use super::{lock, runnable_cpu_time, Leadership, BLOCKING_AFTER, COMPUTE_GRACE};
 
 /// How long the monitor sleeps between two looks while handlers run inline. Each look is
 /// a wake-up that may preempt a reactor; a handler that blocks stalls its reactor for at
 /// most about this plus [`BLOCKING_AFTER`], once per route and
 /// [`BLOCKING_ROUTE_MEMORY`](super::BLOCKING_ROUTE_MEMORY).
 pub(super) const MONITOR_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The monitor thread's nice value (the lowest priority; see [`lower_priority`]).
+const MONITOR_NICE: libc::c_int = 19;
 
 /// Looks in a row that found no handler run inline on any reactor, after which the monitor
 /// sleeps until the next one starts (about a tenth of a second).
@@ -125,6 +133,7 @@ impl Monitor {
     /// The thread: looks at every watched reactor each [`MONITOR_INTERVAL`] while handlers
     /// run inline, and sleeps until the next one after [`MONITOR_IDLE_LOOKS`] quiet looks.
     fn run(&self, number: u64) {
+        lower_priority();
         let mut watches: Vec<Watch> = Vec::new();
         let mut seen_changes = None;
         let mut quiet_looks = 0;
@@ -164,6 +173,25 @@ impl Monitor {
             }
             quiet_looks = if ran { 0 } else { quiet_looks + 1 };
         }
+    }
+}
+
+/// Gives the calling thread (the monitor) the lowest priority short of `SCHED_IDLE`: its
+/// wake-ups then wait for a CPU to be free, or for the running thread's time slice to
+/// end, instead of preempting a reactor at each look. A blocked leader frees its CPU, so
+/// the look that catches it still comes at once; with every CPU busy it comes within a
+/// time slice (a few milliseconds). `SCHED_IDLE` could wait far longer on a saturated
+/// machine.
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    let me = unsafe { libc::gettid() };
+    // SAFETY: on Linux, PRIO_PROCESS with a thread id sets that one thread's nice value;
+    // no memory is passed. A failure leaves the default priority, as before.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, me as libc::id_t, MONITOR_NICE) } != 0 {
+        tracing::debug!(
+            error = %io::Error::last_os_error(),
+            "cannot lower the monitor's priority"
+        );
     }
 }
 
@@ -243,17 +271,11 @@ impl Watch {
                 _ => None,
             }
         };
-        if let Some(PutDown {
-            reactor,
-            route,
-            thread,
-            ..
-        }) = stuck
-        {
+        if let Some(put_down) = stuck {
             // Later requests for this route go to the pool at once, even those already
             // queued behind this one.
-            leadership.blocking_routes.mark(route);
-            leadership.take_over(reactor, route, thread);
+            leadership.blocking_routes.mark(put_down.route);
+            leadership.take_over(put_down);
         }
         true
     }
