@@ -49,6 +49,12 @@ pub(crate) trait Socket: Read + Write + Send + Unpin + 'static {
     fn may_read(&self) -> bool {
         true
     }
+
+    /// `true` once the reactor knows the peer closed its side (or the socket failed): a
+    /// short read then left nothing to come but the end of the stream.
+    fn peer_closed(&self) -> bool {
+        false
+    }
 }
 
 impl Socket for ReadyStream {
@@ -62,6 +68,10 @@ impl Socket for ReadyStream {
 
     fn may_read(&self) -> bool {
         ReadyStream::may_read(self)
+    }
+
+    fn peer_closed(&self) -> bool {
+        ReadyStream::peer_closed(self)
     }
 }
 
@@ -475,6 +485,11 @@ impl<S: Socket> Transport<S> {
         loop {
             match self.socket.read(&mut scratch) {
                 Ok(0) => return Poll::Ready(Ok(())),
+                // The client closed and this short read emptied the socket: the next read
+                // would only return the end (a system call per closed connection saved).
+                Ok(n) if n < scratch.len() && self.socket.peer_closed() => {
+                    return Poll::Ready(Ok(()))
+                }
                 Ok(_) => {}
                 Err(e) if would_block(&e) => {
                     self.watch.linger_started();

@@ -220,6 +220,11 @@ impl ReadyStream {
         self.readiness.readable.load(Ordering::Acquire)
     }
 
+    /// Whether an event said the peer closed its side (or the socket failed).
+    pub(crate) fn peer_closed(&self) -> bool {
+        self.readiness.closed.load(Ordering::Acquire)
+    }
+
     /// The connection serves HTTP now: the reactor may close it when idle to make room.
     pub(crate) fn set_evictable(&self, evictable: Arc<dyn Evictable>) {
         let _ = self.readiness.evictable.set(evictable);
