@@ -9,7 +9,6 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -85,9 +84,7 @@ pub(crate) enum Room {
 pub(crate) struct Pipe {
     state: Mutex<PipeState>,
     changed: Condvar,
-    /// Accepts new chunks while fewer bytes than this are queued; a pulled response's
-    /// pipe grows once the client has shown that it reads (see [`Pull`]).
-    capacity: AtomicUsize,
+    capacity: usize,
 }
 
 impl Pipe {
@@ -111,12 +108,8 @@ impl Pipe {
                 waiters: Default::default(),
             }),
             changed: Condvar::new(),
-            capacity: AtomicUsize::new(capacity),
+            capacity,
         })
-    }
-
-    fn capacity(&self) -> usize {
-        self.capacity.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, PipeState> {
@@ -229,7 +222,7 @@ impl Pipe {
                 demanded: state.demanded,
             });
         }
-        if state.buffered < self.capacity() && (state.demanded || !wait_for_demand) {
+        if state.buffered < self.capacity && (state.demanded || !wait_for_demand) {
             return Poll::Ready(Room::Available);
         }
         state.waker = Some(cx.waker().clone());
@@ -277,7 +270,7 @@ impl Pipe {
     pub(crate) fn push_blocking(&self, chunk: Bytes, timeout: Duration) -> io::Result<()> {
         let give_up = std::time::Instant::now() + timeout;
         let mut state = self.lock();
-        while state.buffered >= self.capacity() && !state.consumer_gone {
+        while state.buffered >= self.capacity && !state.consumer_gone {
             let left = give_up.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Err(io::Error::new(
@@ -309,7 +302,7 @@ impl Pipe {
         }
         state.buffered += chunk.len();
         state.chunks.push_back(chunk);
-        let room = state.buffered < self.capacity();
+        let room = state.buffered < self.capacity;
         let consumer = state.consumer_waker.take();
         drop(state);
         if let Some(consumer) = consumer {
@@ -410,8 +403,7 @@ impl Pipe {
             // A producer blocked on a full pipe is let go once half of it has drained, so
             // that it pushes several chunks per wake-up instead of one; and after the
             // lock is released, so that it does not wake only to wait for the lock.
-            let release =
-                state.buffered <= self.capacity() / 2 && Self::release_blocked(&mut state);
+            let release = state.buffered <= self.capacity / 2 && Self::release_blocked(&mut state);
             // An asynchronous producer (an echo) waiting for room.
             let producer = state.waker.take();
             drop(state);
@@ -786,18 +778,7 @@ pub(crate) struct Pull {
     pool: WorkerPool,
     /// The route (see `leader::route_of`) refills are judged by when they block.
     route: usize,
-    /// Bytes read into the pipe so far.
-    pulled: AtomicU64,
-    /// The pipe's capacity once [`GROW_AFTER`] bytes have been pulled.
-    grow_to: usize,
 }
-
-/// A pulled body's pipe grows to its larger capacity once this much has been read into it.
-/// A client that does not read never gets that far (the first fill and what rustls and the
-/// kernel take of it come to a few hundred KiB), so a slow reader holds and costs what it
-/// did with the small pipe: with the large one from the start, 1 000 slow readers of a
-/// large file (`tests/attack/run.sh`, fs-slow-read) took 35 % of a core, against 26–27 %.
-const GROW_AFTER: u64 = 1024 * 1024;
 
 struct PullSource {
     /// The body, while no worker reads it and it has not ended.
@@ -807,20 +788,11 @@ struct PullSource {
 }
 
 impl Pull {
-    /// A pulled body over a pipe of `capacity` bytes, growing to `grow_to` once the client
-    /// has taken [`GROW_AFTER`] bytes. The caller (the thread that just ran the handler)
-    /// fills the pipe first with [`Pull::produce`].
-    pub(crate) fn new(
-        body: Body,
-        capacity: usize,
-        grow_to: usize,
-        pool: WorkerPool,
-        route: usize,
-    ) -> Arc<Pull> {
+    /// A pulled body over a pipe of `capacity` bytes. The caller (the thread that just ran
+    /// the handler) fills the pipe first with [`Pull::produce`].
+    pub(crate) fn new(body: Body, capacity: usize, pool: WorkerPool, route: usize) -> Arc<Pull> {
         Arc::new(Pull {
             pipe: Pipe::new(capacity),
-            pulled: AtomicU64::new(0),
-            grow_to,
             source: Mutex::new(PullSource {
                 body: Some(body),
                 scheduled: true,
@@ -836,16 +808,7 @@ impl Pull {
     }
 
     fn low(&self) -> bool {
-        self.pipe.buffered() < self.pipe.capacity() / 2
-    }
-
-    /// Counts `n` more bytes read into the pipe, and grows it past [`GROW_AFTER`]. (Only
-    /// the one thread that runs [`Pull::produce`] at a time calls this.)
-    fn pulled_more(&self, n: usize) {
-        let pulled = self.pulled.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-        if pulled >= GROW_AFTER && self.pipe.capacity() < self.grow_to {
-            self.pipe.capacity.store(self.grow_to, Ordering::Relaxed);
-        }
+        self.pipe.buffered() < self.pipe.capacity / 2
     }
 
     /// The connection took a chunk: starts a refill on a worker when the pipe runs low.
@@ -892,10 +855,7 @@ impl Pull {
             }
             let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body.next_chunk()));
             let room = match next {
-                Ok(Ok(Some(chunk))) => {
-                    self.pulled_more(chunk.len());
-                    self.pipe.push_pulled(chunk)
-                }
+                Ok(Ok(Some(chunk))) => self.pipe.push_pulled(chunk),
                 Ok(Ok(None)) => {
                     self.pipe.finish(Ok(()));
                     break;
@@ -1062,45 +1022,6 @@ impl From<()> for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_pulled_pipe_grows_only_after_the_client_took_its_first_mib() {
-        let pool = crate::worker::WorkerPool::new(crate::worker::PoolConfig {
-            max_workers: 1,
-            max_queued: 1,
-            idle_timeout: std::time::Duration::from_millis(100),
-        });
-        let (small, large) = (64 * 1024, 128 * 1024);
-        let body = Body::from_reader(io::repeat(b'x').take(4 * 1024 * 1024));
-        let pull = Pull::new(body, small, large, pool, 0);
-        let waker = Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        let mut taken = 0u64;
-        // A refill as the connection asks for it: the pipe below half. What it then holds
-        // is at most the capacity at the time.
-        loop {
-            if pull.low() {
-                pull.produce();
-                let full = pull.pipe.buffered();
-                let pulled = pull.pulled.load(Ordering::Relaxed);
-                if pulled < GROW_AFTER {
-                    assert!(full <= small, "{full} bytes queued after {pulled} pulled");
-                } else if full >= large {
-                    break;
-                }
-            }
-            match pull.pipe.poll_pop(&mut cx) {
-                Poll::Ready(Some(Ok(chunk))) => taken += chunk.len() as u64,
-                other => panic!("the pipe ended or waited after {taken} bytes: {other:?}"),
-            }
-        }
-        // The first MiB (less what the pipe held when it crossed it) went through the small
-        // pipe: a client that does not read never makes it grow.
-        assert!(
-            taken >= 1024 * 1024 - 2 * small as u64,
-            "grew after only {taken} bytes taken"
-        );
-    }
 
     #[test]
     fn a_sent_chunk_gives_its_buffer_back_and_a_kept_one_is_never_overwritten() {

@@ -56,17 +56,8 @@ pub type Request = http::Request<Body>;
 /// ```
 pub type Response = http::Response<Body>;
 
-/// Bytes of a request body queued between the connection and its handler.
+/// Bytes queued between the connection and a worker, per body and direction.
 pub(crate) const PIPE_CAPACITY: usize = 64 * 1024;
-
-/// Bytes of a streamed response body (`Body::from_reader`, files) read ahead of the
-/// connection once the client has taken its first MiB (`body::Pull`; [`PIPE_CAPACITY`]
-/// until then): each refill reads until the pipe holds this much. At 64 KiB, pinned 8 MiB
-/// HTTP/1.1 downloads took 16 refills and `writev`s per MB and the client found the socket
-/// empty and slept 4.5 times per MB (the peer's 2.9): 1 150–1 180 MB/s at 760–800 µs of
-/// server CPU per MB. At 128 KiB: 1 470–1 570 MB/s at 530–560 µs (the peer 1 280–1 400 at
-/// 600–670), 2026-12-01. (256 KiB gained nothing more.)
-pub(crate) const RESPONSE_PIPE_CAPACITY: usize = 128 * 1024;
 
 /// Mixed into a request path's route to name the refills of its streamed responses.
 const REFILL_ROUTE: usize = 0x5bd1_e995;
@@ -426,13 +417,7 @@ impl HandlerJob {
         // Refills are judged apart from the handler: a route whose handler blocks (a
         // database) may stream from a reader that does not (a file).
         let rate = response_rate(&ctx);
-        let pull = Pull::new(
-            body,
-            PIPE_CAPACITY,
-            RESPONSE_PIPE_CAPACITY,
-            ctx.pool.clone(),
-            route ^ REFILL_ROUTE,
-        );
+        let pull = Pull::new(body, PIPE_CAPACITY, ctx.pool.clone(), route ^ REFILL_ROUTE);
         sender.send(Outcome::Response(http::Response::from_parts(
             parts,
             ResponseBody::pulled(pull.clone(), log, rate),
