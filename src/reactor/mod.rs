@@ -54,9 +54,17 @@ pub(crate) type ConnectionFactory =
 /// written), each poll trying to read. Set when an event for the socket arrives, cleared
 /// when a read would block; both happen on the thread that holds the reactor, so an edge
 /// cannot slip between them.
+///
+/// Writes likewise wait for a writable event after one would block. That saves the system
+/// call, and it is what keeps the send timeout honest: the kernel raises the event only
+/// once the client took a good part of what was queued (with `TCP_NOTSENT_LOWAT`, when
+/// less than half of it is left unsent), but it accepts a write as soon as *anything* was
+/// sent. A slow reader opening its window by 32 bytes would otherwise let every poll (the
+/// send timeout's own expiry among them) write a record and count as progress.
 #[derive(Debug)]
 pub(crate) struct Readiness {
     readable: AtomicBool,
+    writable: AtomicBool,
     /// The peer closed its side or the socket failed: from then on every read goes to the
     /// socket (the end of the stream raises no further edge).
     closed: AtomicBool,
@@ -83,6 +91,7 @@ impl Readiness {
         // Readable at first: the request may be in the socket before its first event.
         Arc::new(Readiness {
             readable: AtomicBool::new(true),
+            writable: AtomicBool::new(true),
             closed: AtomicBool::new(false),
             evictable: OnceLock::new(),
         })
@@ -95,6 +104,11 @@ impl Readiness {
             self.closed.store(true, Ordering::Release);
         }
         self.readable.store(true, Ordering::Release);
+    }
+
+    /// An event said the socket may take writes again (or failed: the write finds out).
+    pub(crate) fn set_writable(&self) {
+        self.writable.store(true, Ordering::Release);
     }
 }
 
@@ -200,11 +214,21 @@ impl io::Read for ReadyStream {
 
 impl io::Write for ReadyStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.socket.write(buf)
+        if !self.readiness.writable.load(Ordering::Acquire) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let result = self.socket.write(buf);
+        self.wrote(&result);
+        result
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.socket.write_vectored(bufs)
+        if !self.readiness.writable.load(Ordering::Acquire) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let result = self.socket.write_vectored(bufs);
+        self.wrote(&result);
+        result
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -213,6 +237,16 @@ impl io::Write for ReadyStream {
 }
 
 impl ReadyStream {
+    /// After a write: one that would block waits for the next writable event (see
+    /// [`Readiness`]).
+    fn wrote(&self, result: &io::Result<usize>) {
+        if matches!(result, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            && !self.readiness.closed.load(Ordering::Acquire)
+        {
+            self.readiness.writable.store(false, Ordering::Release);
+        }
+    }
+
     /// Whether a read may find data: `false` once a read found the socket empty, until the
     /// reactor sees it readable again (a read then answers `WouldBlock` without a system
     /// call).
@@ -541,8 +575,9 @@ impl Reactor {
                 accept = true;
             } else {
                 let closed = event.is_read_closed() || event.is_error();
+                let writable = event.is_writable() || event.is_write_closed() || closed;
                 self.tasks
-                    .mark_io_ready(token.0, event.is_readable() || closed, closed);
+                    .mark_io_ready(token.0, event.is_readable() || closed, writable, closed);
             }
         }
         let now = Instant::now();
@@ -848,4 +883,56 @@ fn has_pending_connection(listener: &TcpListener) -> bool {
     // count passed is 1, and a zero timeout makes the call return at once.
     let ready = unsafe { libc::poll(&mut poll_fd, 1, 0) };
     ready > 0 && poll_fd.revents & libc::POLLIN != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// After a write would block, the next one waits for the reactor to see the socket
+    /// writable again, even once the kernel would take it.
+    #[test]
+    fn a_write_after_would_block_waits_for_a_writable_event() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut peer =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let (accepted, _) = listener.accept().expect("accept");
+        accepted.set_nonblocking(true).expect("nonblocking");
+        let mut stream = ReadyStream {
+            socket: TcpStream::from_std(accepted),
+            readiness: Readiness::new(),
+            _peer: None,
+        };
+        let chunk = vec![7u8; 64 * 1024];
+        let mut written = 0;
+        loop {
+            match stream.write(&chunk) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        let mut scratch = vec![0u8; 1 << 20];
+        let mut taken = 0;
+        while taken < written {
+            taken += peer.read(&mut scratch).expect("peer read");
+        }
+        let err = stream
+            .write(b"x")
+            .expect_err("a write before a writable event");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        // The kernel itself would have taken it.
+        assert_eq!(stream.socket.write(b"x").expect("raw write"), 1);
+        stream.readiness.set_writable();
+        assert_eq!(stream.write(b"y").expect("write after the event"), 1);
+        assert_eq!(
+            stream
+                .write_vectored(&[io::IoSlice::new(b"z")])
+                .expect("vectored"),
+            1
+        );
+    }
 }

@@ -323,12 +323,22 @@ impl Executor {
     }
 
     /// An I/O event for the task under `key`; `readable` if it says the socket may read,
-    /// `closed` if it says the peer closed its side or the socket failed.
-    pub(crate) fn mark_io_ready(&mut self, key: usize, readable: bool, closed: bool) {
+    /// `writable` if it may take writes, `closed` if it says the peer closed its side or
+    /// the socket failed.
+    pub(crate) fn mark_io_ready(
+        &mut self,
+        key: usize,
+        readable: bool,
+        writable: bool,
+        closed: bool,
+    ) {
         if let Some(task) = self.tasks.get(key) {
-            if readable {
-                if let Some(readiness) = &task.readiness {
+            if let Some(readiness) = &task.readiness {
+                if readable {
                     readiness.set_readable(closed);
+                }
+                if writable {
+                    readiness.set_writable();
                 }
             }
             if task.id.mark_queued() {
