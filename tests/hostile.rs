@@ -486,21 +486,7 @@ fn h1_slow_readers_hold_no_worker_and_are_cut() {
     let addr = addr(&server);
     let mut stalled = Vec::new();
     for _ in 0..20 {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        socket
-            .connect_timeout(&addr.into(), Duration::from_secs(10))
-            .expect("connect");
-        let tcp: TcpStream = socket.into();
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let name = ServerName::try_from("localhost").expect("server name");
-        let conn = ClientConnection::new(client_config(ALPN_H1), name).expect("client");
-        let mut tls = StreamOwned::new(conn, tcp);
-        tls.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .expect("request");
-        tls.flush().expect("flush");
-        stalled.push(tls);
+        stalled.push(tiny_window_request(addr));
     }
     let started = Instant::now();
     thread::sleep(Duration::from_millis(500));
@@ -556,6 +542,18 @@ struct DropFlag(Arc<AtomicBool>);
 impl Drop for DropFlag {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Release);
+    }
+}
+
+/// A reader that sets a flag when the server drops it.
+struct Guarded<R> {
+    inner: R,
+    _flag: DropFlag,
+}
+
+impl<R: Read> Read for Guarded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf)
     }
 }
 
@@ -677,18 +675,6 @@ fn h1_trickling_reader_is_cut_by_the_send_timeout() {
     );
     drop(reader);
     server.shutdown().expect("shutdown");
-}
-
-/// A reader that sets a flag when the server drops it.
-struct Guarded<R> {
-    inner: R,
-    _flag: DropFlag,
-}
-
-impl<R: Read> Read for Guarded<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
-    }
 }
 
 /// Plain HTTP sent to the TLS port gets a plain-text `400` saying the port speaks HTTPS
