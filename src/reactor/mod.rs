@@ -214,21 +214,11 @@ impl io::Read for ReadyStream {
 
 impl io::Write for ReadyStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if !self.readiness.writable.load(Ordering::Acquire) {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let result = self.socket.write(buf);
-        self.wrote(&result);
-        result
+        self.write_when_writable(|socket| socket.write(buf))
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        if !self.readiness.writable.load(Ordering::Acquire) {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let result = self.socket.write_vectored(bufs);
-        self.wrote(&result);
-        result
+        self.write_when_writable(|socket| socket.write_vectored(bufs))
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -237,14 +227,22 @@ impl io::Write for ReadyStream {
 }
 
 impl ReadyStream {
-    /// After a write: one that would block waits for the next writable event (see
-    /// [`Readiness`]).
-    fn wrote(&self, result: &io::Result<usize>) {
-        if matches!(result, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    /// Runs `write` unless the last write would block and no writable event came since;
+    /// a write that would block waits for the next writable event (see [`Readiness`]).
+    fn write_when_writable(
+        &mut self,
+        write: impl FnOnce(&mut TcpStream) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        if !self.readiness.writable.load(Ordering::Acquire) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let result = write(&mut self.socket);
+        if matches!(&result, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             && !self.readiness.closed.load(Ordering::Acquire)
         {
             self.readiness.writable.store(false, Ordering::Release);
         }
+        result
     }
 
     /// Whether a read may find data: `false` once a read found the socket empty, until the
