@@ -23,6 +23,8 @@
 #   IDLE_CONNS    connections held open by the idle-memory scenario (default 5000)
 #   SERVER_CPU    CPU the servers are pinned to (default 0)
 #   LOAD_CPU      CPU the load generators are pinned to (default 1)
+#   PORTCULLIS_ARGS  extra flags for the portcullis column's server (an A/B of a setting,
+#                 e.g. "--tcp-notsent-lowat 0"; see benches/src/bin/portcullis_server.rs)
 #   PEER_THREADS  tokio worker threads of the peer (default: its available parallelism,
 #                 which is 1 under `taskset -c SERVER_CPU`)
 #   NOISE_LIMIT   a run during which other processes used more than this percentage of
@@ -161,7 +163,8 @@ start_server() { # name logfile scenario
             >"$logfile" 2>&1 &
         ;;
     */portcullis)
-        pin_server "$BIN/portcullis_server" --addr 127.0.0.1:0 --max-workers 512 \
+        # shellcheck disable=SC2086 # PORTCULLIS_ARGS is a list of flags
+        pin_server "$BIN/portcullis_server" --addr 127.0.0.1:0 --max-workers 512 ${PORTCULLIS_ARGS:-} \
             >"$logfile" 2>&1 &
         ;;
     */portcullis_ring)

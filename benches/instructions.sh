@@ -7,6 +7,8 @@
 #
 #   bash benches/instructions.sh portcullis benches/target/release/portcullis_server --reactors 1
 #   bash benches/instructions.sh peer benches/target/release/peer --threads 1
+#   NEWCONN=1 bash benches/instructions.sh ...   # per new TLS connection instead: every
+#                                                # request sends `Connection: close`
 #
 # Needs valgrind (Debian: valgrind) and wrk; the server must accept --addr and print
 # `listening on https://ADDR` (both bench servers do).
@@ -26,11 +28,17 @@ for _ in $(seq 300); do
     sleep 0.1
 done
 [ -n "$url" ] || { echo "the server did not start: $dir/valgrind.log" >&2; exit 1; }
-wrk -t1 -c64 -d2s "$url/" >/dev/null
+what="request"
+close=()
+if [[ "${NEWCONN:-0}" == 1 ]]; then
+    what="new TLS connection (one request each)"
+    close=(-H "Connection: close")
+fi
+wrk -t1 -c64 -d2s "${close[@]}" "$url/" >/dev/null
 callgrind_control -z "$pid" >/dev/null 2>&1
-wrk -t1 -c64 -d3s "$url/" >"$dir/wrk-a.txt"
+wrk -t1 -c64 -d3s "${close[@]}" "$url/" >"$dir/wrk-a.txt"
 callgrind_control -d "$pid" >/dev/null 2>&1
-wrk -t1 -c64 -d9s "$url/" >"$dir/wrk-b.txt"
+wrk -t1 -c64 -d9s "${close[@]}" "$url/" >"$dir/wrk-b.txt"
 callgrind_control -d "$pid" >/dev/null 2>&1
 requests() { awk '/requests in/ { print $1 }' "$1"; }
 instructions() { awk '/^summary:/ { print $2 }' "$1"; }
@@ -38,4 +46,4 @@ req_a=$(requests "$dir/wrk-a.txt")
 req_b=$(requests "$dir/wrk-b.txt")
 ir_a=$(instructions "$dir/cg.$pid.1")
 ir_b=$(instructions "$dir/cg.$pid.2")
-echo "$name: $(( (ir_b - ir_a) / (req_b - req_a) )) instructions per request ($req_a and $req_b requests; profiles in $dir)"
+echo "$name: $(( (ir_b - ir_a) / (req_b - req_a) )) instructions per $what ($req_a and $req_b requests; profiles in $dir)"

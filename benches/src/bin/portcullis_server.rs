@@ -8,7 +8,8 @@
 //!
 //! Flags: `--addr ADDR` (default 127.0.0.1:8443; port 0 picks one), `--max-workers N`
 //! (default 512, portcullis' default), `--reactors N` (default 0: one per CPU the process
-//! may run on, so 1 under `taskset -c 0`), `--cert FILE`, `--key FILE`
+//! may run on, so 1 under `taskset -c 0`), `--tcp-notsent-lowat BYTES` (default
+//! portcullis' default, 0: off), `--cert FILE`, `--key FILE`
 //! (default ../certs/localhost.{crt,key}). Prints `listening on https://ADDR (N reactors)`
 //! once it accepts.
 
@@ -22,6 +23,7 @@ struct Args {
     addr: String,
     max_workers: Option<usize>,
     reactors: usize,
+    notsent_lowat: Option<Option<u32>>,
     cert: String,
     key: String,
 }
@@ -32,6 +34,7 @@ fn parse_args() -> Args {
         addr: "127.0.0.1:8443".into(),
         max_workers: None,
         reactors: 0,
+        notsent_lowat: None,
         cert: format!("{dir}/../certs/localhost.crt"),
         key: format!("{dir}/../certs/localhost.key"),
     };
@@ -57,11 +60,20 @@ fn parse_args() -> Args {
                     ))
                 })
             }
+            "--tcp-notsent-lowat" => {
+                let v = value();
+                let bytes = v.parse::<u32>().unwrap_or_else(|_| {
+                    fail(&format!(
+                        "--tcp-notsent-lowat takes a number of bytes (0: off), not {v:?}"
+                    ))
+                });
+                args.notsent_lowat = Some((bytes > 0).then_some(bytes));
+            }
             "--cert" => args.cert = value(),
             "--key" => args.key = value(),
             "-h" | "--help" => {
                 println!(
-                    "flags: --addr ADDR  --max-workers N  --reactors N  --cert FILE  --key FILE"
+                    "flags: --addr ADDR  --max-workers N  --reactors N  --tcp-notsent-lowat BYTES  --cert FILE  --key FILE"
                 );
                 std::process::exit(0);
             }
@@ -72,7 +84,7 @@ fn parse_args() -> Args {
 }
 
 fn fail(message: &str) -> ! {
-    eprintln!("error: {message}\nflags: --addr ADDR  --max-workers N  --reactors N  --cert FILE  --key FILE");
+    eprintln!("error: {message}\nflags: --addr ADDR  --max-workers N  --reactors N  --tcp-notsent-lowat BYTES  --cert FILE  --key FILE");
     std::process::exit(2);
 }
 
@@ -82,6 +94,9 @@ fn main() -> std::io::Result<()> {
     // default) would cut the idle-memory scenario's thousands of connections.
     let mut limits = Limits::default();
     limits.max_connections_per_ip = usize::MAX;
+    if let Some(lowat) = args.notsent_lowat {
+        limits.tcp_notsent_lowat = lowat;
+    }
     let mut server = Server::bind(args.addr.as_str())?
         .tls(TlsConfig::from_pem_files(&args.cert, &args.key)?)
         .limits(limits);
