@@ -31,7 +31,7 @@ use crate::conn::deadlines::{
 };
 use crate::conn::{ConnectionInfo, Protocol, ServerContext};
 use crate::reactor::leader;
-use crate::reactor::timer::TimerQueue;
+use crate::reactor::timer::{Clock, TimerQueue};
 use crate::response::IntoResponse;
 use crate::worker::InlineRun;
 
@@ -58,6 +58,14 @@ pub type Response = http::Response<Body>;
 
 /// Bytes queued between the connection and a worker, per body and direction.
 pub(crate) const PIPE_CAPACITY: usize = 64 * 1024;
+
+/// A pulled body's client is judged fast or not per this many bytes taken (see
+/// [`ReaderSpeed`]).
+const SPEED_WINDOW: u64 = 1024 * 1024;
+
+/// A client that takes [`SPEED_WINDOW`] within this (about 20 MB/s or more) reads fast: its
+/// pulled body gets the deeper pipe ([`Pull::set_fast`]).
+const FAST_WINDOW: Duration = Duration::from_millis(50);
 
 /// Mixed into a request path's route to name the refills of its streamed responses.
 const REFILL_ROUTE: usize = 0x5bd1_e995;
@@ -1102,7 +1110,40 @@ enum ResponseKind {
     /// echo), after `first` (what the handler left of a chunk it began to read).
     Stream(Arc<Pipe>, Option<Bytes>),
     /// A reader's body, read on a worker chunk by chunk when the connection asks.
-    Pulled(Arc<Pull>),
+    Pulled(Arc<Pull>, ReaderSpeed),
+}
+
+/// How fast the client takes a pulled body, judged afresh per [`SPEED_WINDOW`] bytes: one
+/// that takes them within [`FAST_WINDOW`] gets the deeper pipe, one that does not gets the
+/// usual one back. A slow reader never reaches the deeper pipe; a fast one that stops
+/// reading holds at most the deeper pipe's bytes.
+struct ReaderSpeed {
+    clock: Clock,
+    /// When the current window began.
+    since: Instant,
+    /// The body's bytes taken in all at which the current window ends.
+    until: u64,
+}
+
+impl ReaderSpeed {
+    fn new(clock: Clock) -> ReaderSpeed {
+        ReaderSpeed {
+            since: clock.now(),
+            clock,
+            until: SPEED_WINDOW,
+        }
+    }
+
+    /// The connection has taken `sent` bytes of `pull`'s body in all.
+    fn taken(&mut self, sent: u64, pull: &Pull) {
+        if sent < self.until {
+            return;
+        }
+        let now = self.clock.now();
+        pull.set_fast(now.saturating_duration_since(self.since) <= FAST_WINDOW);
+        self.since = now;
+        self.until = sent + SPEED_WINDOW;
+    }
 }
 
 /// The response body as hyper polls it, on the reactor.
@@ -1140,7 +1181,7 @@ impl ResponseBody {
 
     fn pulled(pull: Arc<Pull>, log: AccessLog, rate: ResponseRate) -> ResponseBody {
         ResponseBody {
-            kind: ResponseKind::Pulled(pull),
+            kind: ResponseKind::Pulled(pull, ReaderSpeed::new(rate.clock.clone())),
             log,
             complete: false,
             length: None,
@@ -1170,8 +1211,12 @@ impl http_body::Body for ResponseBody {
             ResponseKind::Full(bytes) => Poll::Ready(bytes.take().map(Ok)),
             ResponseKind::Stream(_, first @ Some(_)) => Poll::Ready(first.take().map(Ok)),
             ResponseKind::Stream(pipe, None) => pipe.poll_pop(cx),
-            ResponseKind::Pulled(pull) => {
+            ResponseKind::Pulled(pull, speed) => {
                 let next = pull.pipe.poll_pop(cx);
+                if let Poll::Ready(Some(Ok(chunk))) = &next {
+                    // Before `want_more`, which sizes the refill by the pipe's capacity.
+                    speed.taken(this.log.sent + chunk.len() as u64, pull);
+                }
                 pull.want_more();
                 next
             }
@@ -1202,7 +1247,7 @@ impl http_body::Body for ResponseBody {
         match &self.kind {
             ResponseKind::Full(None) => SizeHint::with_exact(0),
             ResponseKind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            ResponseKind::Stream(..) | ResponseKind::Pulled(_) => match self.length {
+            ResponseKind::Stream(..) | ResponseKind::Pulled(..) => match self.length {
                 Some(length) => SizeHint::with_exact(length.saturating_sub(self.log.sent)),
                 None => SizeHint::default(),
             },
@@ -1216,7 +1261,7 @@ impl Drop for ResponseBody {
             // Releases a worker blocked on a client that went away.
             ResponseKind::Stream(pipe, _) => pipe.close_consumer(),
             // Stops a refill in progress; the reader is dropped with the last reference.
-            ResponseKind::Pulled(pull) => pull.pipe.close_consumer(),
+            ResponseKind::Pulled(pull, _) => pull.pipe.close_consumer(),
             ResponseKind::Full(_) => {}
         }
         if let Some(pace) = &mut self.pace {
@@ -1225,5 +1270,64 @@ impl Drop for ResponseBody {
         let complete = self.complete || matches!(self.kind, ResponseKind::Full(None));
         self.log
             .finish(if complete { "complete" } else { "incomplete" });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::{PoolConfig, WorkerPool};
+    use std::io::Read;
+
+    /// Takes every chunk queued in `pull`'s pipe; returns their bytes.
+    fn drain(pull: &Pull) -> usize {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut taken = 0;
+        while let Poll::Ready(Some(Ok(chunk))) = pull.pipe.poll_pop(&mut cx) {
+            taken += chunk.len();
+        }
+        taken
+    }
+
+    #[test]
+    fn a_fast_reader_gets_the_deeper_pipe_and_a_slow_one_gives_it_back() {
+        let pool = WorkerPool::new(PoolConfig {
+            max_workers: 1,
+            max_queued: 1,
+            idle_timeout: Duration::from_millis(100),
+        });
+        let body = Body::from_reader(io::repeat(b'x').take(64 << 20));
+        let pull = Pull::new(body, PIPE_CAPACITY, pool, 0);
+        let (clock, hands) = Clock::manual();
+        let mut speed = ReaderSpeed::new(clock);
+        pull.produce();
+        assert_eq!(
+            drain(&pull),
+            PIPE_CAPACITY,
+            "a new body starts with the usual pipe"
+        );
+
+        // Short of the first window nothing is judged, however fast.
+        speed.taken(SPEED_WINDOW - 1, &pull);
+        pull.produce();
+        assert_eq!(drain(&pull), PIPE_CAPACITY);
+
+        // The first MiB taken within 10 ms: fast, the refills go four times as deep.
+        hands.advance(Duration::from_millis(10));
+        speed.taken(SPEED_WINDOW, &pull);
+        pull.produce();
+        assert_eq!(drain(&pull), crate::body::FAST_PIPE_FACTOR * PIPE_CAPACITY);
+
+        // The next MiB took 200 ms: the usual pipe again.
+        hands.advance(Duration::from_millis(200));
+        speed.taken(2 * SPEED_WINDOW, &pull);
+        pull.produce();
+        assert_eq!(drain(&pull), PIPE_CAPACITY);
+
+        // And back to the deeper one when the client speeds up again.
+        hands.advance(FAST_WINDOW);
+        speed.taken(3 * SPEED_WINDOW + 5, &pull);
+        pull.produce();
+        assert_eq!(drain(&pull), crate::body::FAST_PIPE_FACTOR * PIPE_CAPACITY);
     }
 }

@@ -626,6 +626,62 @@ fn h1_slow_reader_pins_little_kernel_memory() {
     server.shutdown().expect("shutdown");
 }
 
+/// A client that takes the first MiBs fast gets a response pipe four times as deep
+/// (`service::ReaderSpeed`); when it then stops reading, what the server produced for it
+/// and holds stays bounded: that 256 KiB pipe, hyper's and rustls' buffers, 128 KiB unsent
+/// in the kernel (`tcp_notsent_lowat`) and the client's 64 KiB window.
+#[test]
+fn h1_fast_then_stalled_reader_holds_a_bounded_response() {
+    let _serial = serial();
+    let produced = Arc::new(AtomicU64::new(0));
+    let mut limits = portcullis::Limits::default();
+    limits.send_timeout = Duration::from_secs(30);
+    limits.min_response_body_rate = 0;
+    limits.drain_timeout = Duration::from_secs(1);
+    let count = produced.clone();
+    let server = tls_server()
+        .limits(limits)
+        .spawn(move |_req, _info| {
+            Response::new(Body::from_reader(Counted {
+                inner: io::repeat(b'x').take(256 << 20),
+                count: count.clone(),
+            }))
+        })
+        .expect("spawn");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+    socket
+        .connect_timeout(&addr(&server).into(), Duration::from_secs(10))
+        .expect("connect");
+    let tcp: TcpStream = socket.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = ServerName::try_from("localhost").expect("server name");
+    let conn = ClientConnection::new(client_config(ALPN_H1), name).expect("client");
+    let mut tls = StreamOwned::new(conn, tcp);
+    tls.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("request");
+    let mut taken = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let started = Instant::now();
+    while taken < 4 << 20 {
+        let n = tls.read(&mut buf).expect("fast read");
+        assert!(n > 0, "the response ended after {taken} bytes");
+        taken += n as u64;
+    }
+    let fast = started.elapsed();
+    // Now the client stops reading; the server fills whatever it may.
+    thread::sleep(Duration::from_secs(1));
+    let held = produced.load(Ordering::Relaxed).saturating_sub(taken);
+    eprintln!("took {taken} bytes in {fast:?}, then stopped; the server produced {held} more");
+    assert!(
+        held < 2 << 20,
+        "the server produced {held} bytes beyond what a stalled client took"
+    );
+    drop(tls);
+    server.shutdown().expect("shutdown");
+}
+
 /// A reader that takes 32 bytes every 50 ms and sends a byte of a next request each time
 /// (so that its connection is polled again and again) never lets the server's queue
 /// drain: the send timeout (2 s here, the minimum rate off) must cut the connection,
