@@ -290,6 +290,7 @@ async fn run<S: Socket>(ctx: Arc<ServerContext>, socket: S, peer: SocketAddr, lo
             drive(&ctx, &watch, header_timeout, Box::pin(connection)).await
         }
         Protocol::Http2 => {
+            transport.set_vectored(true);
             let connection = ctx.http2.serve_connection(transport, dispatch);
             drive(&ctx, &watch, None, Box::pin(connection)).await
         }

@@ -88,6 +88,8 @@ pub(crate) struct Transport<S> {
     first_len: u8,
     /// The writing half is closed; the lingering close reads what the client still sends.
     write_shut: bool,
+    /// Offers vectored writes (HTTP/2; see [`Transport::set_vectored`]).
+    vectored: bool,
     /// Told when writes stall on a full socket and when they move again (send timeout).
     watch: Arc<ConnectionWatch>,
 }
@@ -110,8 +112,21 @@ impl<S: Socket> Transport<S> {
             first: [0; 8],
             first_len: 0,
             write_shut: false,
+            vectored: false,
             watch,
         }
+    }
+
+    /// Offers vectored writes from now on; call before the connection's protocol starts
+    /// (h2 asks once, when it sets up its writer). For HTTP/2: h2 then hands a DATA frame's
+    /// 9-byte head and its payload over together, and rustls seals them into full records.
+    /// Written one at a time, each head went out in a TLS record of its own: two records
+    /// per 16 KiB frame, which cost the client an extra decryption and reads per frame
+    /// (curl used 1.13 s of CPU for 200 8 MiB downloads, 1.0 s from the peer). HTTP/1 does
+    /// without: hyper would then queue each body chunk instead of copying it, which saved
+    /// instructions per MB but no time, and cost 350–680 instructions per small response.
+    pub(crate) fn set_vectored(&mut self, vectored: bool) {
+        self.vectored = vectored;
     }
 
     /// See [`Socket::set_evictable`].
@@ -411,39 +426,85 @@ impl<S: Socket> Transport<S> {
     }
 }
 
-impl<S: Socket> hyper::rt::Write for Transport<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
+impl<S: Socket> Transport<S> {
+    /// Hands plaintext to rustls (which takes it until its outgoing buffer limit; then the
+    /// socket must drain it first) or, for plain TCP, to the socket. `to_tls` and
+    /// `to_socket` write the same bytes, whole or in part; `empty` when there are none.
+    fn poll_write_with(
+        &mut self,
+        empty: bool,
+        mut to_tls: impl FnMut(&mut ServerConnection) -> io::Result<usize>,
+        mut to_socket: impl FnMut(&mut S) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
         loop {
-            let Some(tls) = this.tls.as_deref_mut() else {
-                return match this.socket.write(buf) {
+            let Some(tls) = self.tls.as_deref_mut() else {
+                return match to_socket(&mut self.socket) {
                     Ok(n) => {
-                        this.watch.write_progressed();
+                        self.watch.write_progressed();
                         Poll::Ready(Ok(n))
                     }
                     Err(e) if would_block(&e) => {
-                        this.watch.write_stalled();
+                        self.watch.write_stalled();
                         Poll::Pending
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => Poll::Ready(Err(e)),
                 };
             };
-            // rustls takes plaintext until its outgoing buffer limit; then the socket must
-            // drain it first.
-            let n = tls.writer().write(buf)?;
-            if n > 0 || buf.is_empty() {
+            let n = to_tls(tls)?;
+            if n > 0 || empty {
                 return Poll::Ready(Ok(n));
             }
-            match this.poll_flush_tls() {
+            match self.poll_flush_tls() {
                 Poll::Ready(Ok(())) => {}
                 other => return other.map_ok(|()| 0),
             }
         }
+    }
+}
+
+/// Vectored writes of up to this many bytes in all are copied together on the stack and
+/// written as one slice: rustls' `write_vectored` allocates a list of the slices, which
+/// costs more than copying a frame head and a short payload.
+const SMALL_VECTORED_WRITE: usize = 1024;
+
+impl<S: Socket> hyper::rt::Write for Transport<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_with(
+            buf.is_empty(),
+            |tls| tls.writer().write(buf),
+            |socket| socket.write(buf),
+        )
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.vectored
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let total: usize = bufs.iter().map(|buf| buf.len()).sum();
+        if total <= SMALL_VECTORED_WRITE {
+            let mut joined = [0u8; SMALL_VECTORED_WRITE];
+            let mut len = 0;
+            for buf in bufs {
+                joined[len..len + buf.len()].copy_from_slice(buf);
+                len += buf.len();
+            }
+            return self.poll_write(cx, &joined[..len]);
+        }
+        self.get_mut().poll_write_with(
+            false,
+            |tls| tls.writer().write_vectored(bufs),
+            |socket| socket.write_vectored(bufs),
+        )
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -517,5 +578,62 @@ mod tests {
         let text = std::str::from_utf8(PLAIN_HTTP_ANSWER).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    }
+
+    /// A socket that takes every byte, vectored or not.
+    struct Sink(Vec<u8>);
+
+    impl Read for Sink {
+        fn read(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+            bufs.iter().map(|buf| self.write(buf)).sum()
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Socket for Sink {
+        fn shutdown_write(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn vectored_writes_keep_their_order_small_or_large() {
+        use hyper::rt::Write as _;
+        let watch = ConnectionWatch::new(Default::default());
+        let mut transport = Transport::new(Sink(Vec::new()), None, watch);
+        transport.set_vectored(true);
+        assert!(transport.is_write_vectored());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut want = Vec::new();
+        // Small (joined on the stack) and large (handed over as they are) writes.
+        for sizes in [&[9usize, 300, 2][..], &[9, SMALL_VECTORED_WRITE, 7]] {
+            let parts: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| vec![b'a' + i as u8; n])
+                .collect();
+            let slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+            let total: usize = sizes.iter().sum();
+            match Pin::new(&mut transport).poll_write_vectored(&mut cx, &slices) {
+                Poll::Ready(Ok(n)) => assert_eq!(n, total, "{sizes:?}"),
+                other => panic!("{sizes:?}: {other:?}"),
+            }
+            want.extend(parts.concat());
+        }
+        assert_eq!(transport.socket.0, want);
     }
 }
