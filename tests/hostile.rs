@@ -561,9 +561,17 @@ impl<R: Read> Read for Guarded<R> {
 /// for `/big` over HTTP/1.1 and returns the connection, whose raw TCP stream is then read
 /// slowly.
 fn tiny_window_request(addr: SocketAddr) -> Tls {
+    windowed_request(addr, 4096)
+}
+
+/// Connects with a receive buffer of `receive_buffer` bytes (a fixed TCP window), asks for
+/// `/big` over HTTP/1.1 and returns the connection.
+fn windowed_request(addr: SocketAddr, receive_buffer: usize) -> Tls {
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket
+        .set_recv_buffer_size(receive_buffer)
+        .expect("SO_RCVBUF");
     socket
         .connect_timeout(&addr.into(), Duration::from_secs(10))
         .expect("connect");
@@ -578,6 +586,26 @@ fn tiny_window_request(addr: SocketAddr) -> Tls {
     tls
 }
 
+/// A server streaming 256 MiB to every request, counting in `produced` the bytes its body
+/// reader gave; send timeout 30 s, no minimum rate.
+fn counting_big_server(produced: &Arc<AtomicU64>) -> portcullis::ServerHandle {
+    let mut limits = portcullis::Limits::default();
+    limits.send_timeout = Duration::from_secs(30);
+    limits.min_response_body_rate = 0;
+    limits.drain_timeout = Duration::from_secs(1);
+    assert_eq!(limits.tcp_notsent_lowat, Some(128 * 1024));
+    let count = produced.clone();
+    tls_server()
+        .limits(limits)
+        .spawn(move |_req, _info| {
+            Response::new(Body::from_reader(Counted {
+                inner: io::repeat(b'x').take(256 << 20),
+                count: count.clone(),
+            }))
+        })
+        .expect("spawn")
+}
+
 /// A reader that takes a few bytes at a time through a tiny window must not make the
 /// server's kernel buffer megabytes for it: the kernel grows a socket's send buffer as the
 /// client acknowledges data, up to `tcp_wmem`'s maximum (4 MiB), and 1 000 such readers
@@ -588,21 +616,7 @@ fn tiny_window_request(addr: SocketAddr) -> Tls {
 fn h1_slow_reader_pins_little_kernel_memory() {
     let _serial = serial();
     let produced = Arc::new(AtomicU64::new(0));
-    let mut limits = portcullis::Limits::default();
-    limits.send_timeout = Duration::from_secs(30);
-    limits.min_response_body_rate = 0;
-    limits.drain_timeout = Duration::from_secs(1);
-    assert_eq!(limits.tcp_notsent_lowat, Some(128 * 1024));
-    let count = produced.clone();
-    let server = tls_server()
-        .limits(limits)
-        .spawn(move |_req, _info| {
-            Response::new(Body::from_reader(Counted {
-                inner: io::repeat(b'x').take(256 << 20),
-                count: count.clone(),
-            }))
-        })
-        .expect("spawn");
+    let server = counting_big_server(&produced);
     let mut readers: Vec<Tls> = (0..4).map(|_| tiny_window_request(addr(&server))).collect();
     // 32 raw bytes per reader every 50 ms for 4 s: each read opens the window a little and
     // the kernel answers with data, which is what makes it grow the send buffer.
@@ -634,33 +648,8 @@ fn h1_slow_reader_pins_little_kernel_memory() {
 fn h1_fast_then_stalled_reader_holds_a_bounded_response() {
     let _serial = serial();
     let produced = Arc::new(AtomicU64::new(0));
-    let mut limits = portcullis::Limits::default();
-    limits.send_timeout = Duration::from_secs(30);
-    limits.min_response_body_rate = 0;
-    limits.drain_timeout = Duration::from_secs(1);
-    let count = produced.clone();
-    let server = tls_server()
-        .limits(limits)
-        .spawn(move |_req, _info| {
-            Response::new(Body::from_reader(Counted {
-                inner: io::repeat(b'x').take(256 << 20),
-                count: count.clone(),
-            }))
-        })
-        .expect("spawn");
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
-    socket
-        .connect_timeout(&addr(&server).into(), Duration::from_secs(10))
-        .expect("connect");
-    let tcp: TcpStream = socket.into();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let name = ServerName::try_from("localhost").expect("server name");
-    let conn = ClientConnection::new(client_config(ALPN_H1), name).expect("client");
-    let mut tls = StreamOwned::new(conn, tcp);
-    tls.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("request");
+    let server = counting_big_server(&produced);
+    let mut tls = windowed_request(addr(&server), 64 * 1024);
     let mut taken = 0u64;
     let mut buf = vec![0u8; 64 * 1024];
     let started = Instant::now();
